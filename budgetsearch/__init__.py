@@ -1,0 +1,32 @@
+"""budgetsearch: hyperparameter search under a fixed compute budget.
+
+Each trial gets a budget from a successive-halving ladder and a learning-rate
+schedule that ends exactly at that budget; good configurations are promoted to
+larger budgets. The pair :class:`BudgetSampler` and :class:`BudgetPruner` plugs into
+``optuna.create_study``.
+"""
+
+from budgetsearch._jobs import Job
+from budgetsearch._ladder import Ladder
+from budgetsearch._objective import schedule_for, trial_budget, trial_device
+from budgetsearch._pruner import BudgetPruner
+from budgetsearch._sampler import BudgetSampler, NoJobError, SettingsMismatchError
+from budgetsearch._settings import StudyDefaults, StudySettings
+from budgetsearch._tables import SchemaVersionError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BudgetPruner",
+    "BudgetSampler",
+    "Job",
+    "Ladder",
+    "NoJobError",
+    "SchemaVersionError",
+    "SettingsMismatchError",
+    "StudyDefaults",
+    "StudySettings",
+    "schedule_for",
+    "trial_budget",
+    "trial_device",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from budgetsearch.cli import main
+
+sys.exit(main())

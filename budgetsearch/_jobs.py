@@ -1,0 +1,164 @@
+"""The promotion rule: which job a worker claims next, decided from the claims of a study.
+
+Everything here is pure: it takes the rows of the claims table and returns a decision,
+so every process that reads the same rows reaches the same decision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from budgetsearch._ladder import Ladder
+
+# Claim states. A claim is RUNNING until its trial ends; LOST marks a trial whose
+# worker stopped before it ended, which releases the job to the next attempt.
+RUNNING = "running"
+COMPLETE = "complete"
+PRUNED = "pruned"
+FAILED = "failed"
+LOST = "lost"
+FINAL_STATES = (COMPLETE, PRUNED, FAILED)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One row of the claims table, as the decision needs it."""
+
+    config: int
+    rung: int
+    attempt: int
+    bracket: int
+    budget: int
+    reserved: int
+    trial_number: int
+    config_trial_id: int
+    state: str
+    value: Optional[float] = None
+    parent: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job to claim: one configuration at one rung, with its budget and reservation.
+
+    ``config`` is ``None`` for a new configuration, whose id becomes the number of the
+    trial that claims it.
+    """
+
+    config: Optional[int]
+    rung: int
+    attempt: int
+    bracket: int
+    budget: int
+    reserved: int
+    parent: Optional[int] = None
+    config_trial_id: Optional[int] = None
+
+
+def rank(claims: Iterable[Claim], direction: str) -> List[Claim]:
+    """Rank the finished claims of one rung: results best first, then pruned trials.
+
+    Ties break by value, then by the lower trial number. A pruned trial has no
+    result and ranks below every result, in trial-number order.
+    """
+    complete = [c for c in claims if c.state == COMPLETE]
+    pruned = [c for c in claims if c.state == PRUNED]
+    sign = -1.0 if direction == "maximize" else 1.0
+    complete.sort(key=lambda c: (sign * c.value, c.trial_number))
+    pruned.sort(key=lambda c: c.trial_number)
+    return complete + pruned
+
+
+def promotable(claims: Sequence[Claim], rung: int, direction: str, eta: int) -> List[Claim]:
+    """Return the claims at ``rung`` whose configuration may move up, best first.
+
+    With n finished trials (complete or pruned) at the rung, a configuration is
+    promotable when it is among the best ``n // eta`` results there and no trial has
+    claimed it at ``rung + 1``. With fewer than ``eta`` finished trials nothing is
+    promotable yet, and workers start new configurations instead of waiting.
+    """
+    at_rung = [c for c in claims if c.rung == rung and c.state in (COMPLETE, PRUNED)]
+    top = rank(at_rung, direction)[: len(at_rung) // eta]
+    claimed_above = {c.config for c in claims if c.rung == rung + 1}
+    return [c for c in top if c.state == COMPLETE and c.config not in claimed_above]
+
+
+def _retry_job(claims: Sequence[Claim], ladder: Ladder, max_retries: int) -> Optional[Job]:
+    """Return the job of the highest rung whose last attempt was lost, if it may run again."""
+    latest: Dict[Tuple[int, int], Claim] = {}
+    for claim in claims:
+        key = (claim.config, claim.rung)
+        if key not in latest or claim.attempt > latest[key].attempt:
+            latest[key] = claim
+    lost = [c for c in latest.values() if c.state == LOST and c.attempt < max_retries]
+    if not lost:
+        return None
+    claim = max(lost, key=lambda c: (c.rung, -c.trial_number))
+    return Job(
+        config=claim.config,
+        rung=claim.rung,
+        attempt=claim.attempt + 1,
+        bracket=claim.bracket,
+        budget=claim.budget,
+        reserved=claim.budget,
+        parent=claim.parent,
+        config_trial_id=claim.config_trial_id,
+    )
+
+
+def reserved_total(claims: Iterable[Claim]) -> int:
+    return sum(c.reserved for c in claims)
+
+
+def next_job(
+    claims: Sequence[Claim],
+    ladder: Ladder,
+    direction: str,
+    *,
+    total_budget: Optional[int] = None,
+    n_trials: Optional[int] = None,
+    max_retries: int = 0,
+) -> Optional[Job]:
+    """Decide the next job, or ``None`` when no job fits the study's limits.
+
+    Order: a lost job's next attempt; then the best promotable configuration from the
+    rung below the top down to rung 0; then a new configuration at rung 0. Each
+    candidate must fit the budget left under ``total_budget``; a candidate that does
+    not fit is passed over for the next, smaller one.
+    """
+    if n_trials is not None and len(claims) >= n_trials:
+        return None
+    remaining = None if total_budget is None else total_budget - reserved_total(claims)
+
+    def fits(reserved: int) -> bool:
+        return remaining is None or reserved <= remaining
+
+    retry = _retry_job(claims, ladder, max_retries)
+    if retry is not None and fits(retry.reserved):
+        return retry
+
+    budgets = ladder.budgets
+    eta = ladder.reduction_factor
+    for rung in range(ladder.top_rung - 1, -1, -1):
+        candidates = promotable(claims, rung, direction, eta)
+        if not candidates:
+            continue
+        budget = budgets[rung + 1]
+        if not fits(budget):
+            continue
+        best = candidates[0]
+        return Job(
+            config=best.config,
+            rung=rung + 1,
+            attempt=0,
+            bracket=best.bracket,
+            budget=budget,
+            reserved=budget,
+            parent=best.trial_number,
+            config_trial_id=best.config_trial_id,
+        )
+
+    if fits(budgets[0]):
+        return Job(config=None, rung=0, attempt=0, bracket=0, budget=budgets[0], reserved=budgets[0])
+    return None

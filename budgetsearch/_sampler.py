@@ -1,0 +1,589 @@
+"""BudgetSampler: assigns each trial a job (configuration, rung, budget) and its parameters."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Sequence, Union
+
+import numpy as np
+import optuna
+import sqlalchemy as sa
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.samplers._lazy_random_state import LazyRandomState
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+from budgetsearch import _attrs
+from budgetsearch._jobs import COMPLETE, FAILED, PRUNED, RUNNING, Claim, Job, next_job
+from budgetsearch._settings import StudySettings
+from budgetsearch._tables import StudyDatabase, claims_table, database_for, studies_table
+
+logger = logging.getLogger(__name__)
+
+BaseSamplerSpec = Union[str, BaseSampler, Callable[[int], BaseSampler]]
+
+
+class SettingsMismatchError(ValueError):
+    """Settings given for a study contradict the settings stored with it."""
+
+
+class NoJobError(optuna.TrialPruned):
+    """No job fits the study's remaining total budget or trial limit.
+
+    It subclasses ``optuna.TrialPruned`` so that ``study.optimize`` ends the jobless
+    trial as pruned and stops without an error; the trial carries the system
+    attribute ``budgetsearch:no_job`` and counts in no rung.
+    """
+
+
+@dataclass
+class _TrialPlan:
+    job: Job
+    config: int
+    replay: Optional[FrozenTrial] = None
+    base_sampler: Optional[BaseSampler] = None
+
+
+@dataclass
+class _Binding:
+    database: StudyDatabase
+    settings: StudySettings
+    plans: Dict[int, _TrialPlan] = field(default_factory=dict)
+
+
+def _derive_seed(study_seed: int, trial_number: int) -> int:
+    return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
+
+
+def _reseed(sampler: BaseSampler, seed: int) -> None:
+    # Optuna's samplers keep their randomness in LazyRandomState attributes, some of
+    # them inside a nested fallback sampler; replace each one with a seeded state.
+    for owner in [sampler, *[v for v in vars(sampler).values() if isinstance(v, BaseSampler)]]:
+        for name, value in list(vars(owner).items()):
+            if isinstance(value, LazyRandomState):
+                setattr(owner, name, LazyRandomState(seed))
+            elif isinstance(value, np.random.RandomState):
+                setattr(owner, name, np.random.RandomState(seed))
+
+
+def make_base_sampler(spec: BaseSamplerSpec, seed: int) -> BaseSampler:
+    """Build the base sampler that proposes new configurations, seeded with ``seed``."""
+    if isinstance(spec, BaseSampler):
+        sampler = copy.deepcopy(spec)
+        _reseed(sampler, seed)
+        return sampler
+    if callable(spec):
+        sampler = spec(seed)
+        if not isinstance(sampler, BaseSampler):
+            raise ValueError(
+                f"base_sampler factory returned {sampler!r}, which is not an optuna sampler."
+            )
+        return sampler
+    if spec == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if spec == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if spec == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if spec == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed)
+    raise ValueError(
+        f"base_sampler={spec!r} is invalid: choose one of tpe, random, gp, cmaes, qmc, "
+        "or pass an optuna sampler instance."
+    )
+
+
+class _RungStudy(Study):
+    """A view of a study that shows the base sampler the trials of one rung only."""
+
+    def __init__(self, study: Study, rung: int, sampler: BaseSampler) -> None:  # noqa: D107
+        # No Study.__init__: the view shares the original's storage, id and caches.
+        self.__dict__.update(study.__dict__)
+        self._original = study
+        self._rung = rung
+        self.sampler = sampler
+
+    def _keep(self, trial: FrozenTrial) -> bool:
+        attrs = trial.user_attrs
+        if attrs.get(_attrs.RUNG) != self._rung:
+            return False
+        if trial.state == TrialState.COMPLETE:
+            return True
+        return trial.state == TrialState.RUNNING and attrs.get(_attrs.CONFIG) == trial.number
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list:
+        trials = self._original._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        return [t for t in trials if self._keep(t)]
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list:
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+    def stop(self) -> None:
+        self._original.stop()
+
+
+class BudgetSampler(BaseSampler):
+    """An Optuna sampler that gives each trial a budget from a successive-halving ladder.
+
+    Before each trial starts, the sampler claims a job for it in budgetsearch's claims
+    table, in one transaction under a per-study lock: the next attempt of a job whose
+    worker was lost, else the best promotable configuration from the highest rung
+    down (one among the best ``n // reduction_factor`` finished trials of its rung,
+    not yet claimed one rung up), else a new configuration at rung 0. Each candidate
+    must fit the total budget left. A promoted trial replays its configuration's
+    parameters exactly; a new configuration comes from the base sampler, which sees
+    the finished rung-0 trials only, each configuration once, and is seeded from the
+    study's seed and the trial number so that worker processes draw different points.
+
+    The trial's job is written to its user attributes (``budgetsearch:budget``,
+    ``budgetsearch:rung``, ``budgetsearch:config``, ...); the objective reads them with
+    :func:`budgetsearch.trial_budget` and :func:`budgetsearch.schedule_for`. When no
+    job fits, the trial gets none, ``trial_budget`` raises :class:`NoJobError` and, inside
+    ``study.optimize``, the study stops.
+
+    Use it with :class:`budgetsearch.BudgetPruner`::
+
+        sampler = budgetsearch.BudgetSampler(250, 6000, 3, total_budget=60000, seed=0)
+        study = optuna.create_study(direction="maximize", sampler=sampler,
+                                    pruner=budgetsearch.BudgetPruner(), storage=url)
+        study.optimize(objective)
+
+    Args:
+        min_budget: Budget of rung 0, in ``budget_unit``.
+        max_budget: Budget of the top rung.
+        reduction_factor: The integer eta, at least 2.
+        total_budget: Limit on the sum of the budgets that trials reserve, or ``None``.
+        n_trials: Limit on the number of jobs in the whole study, or ``None``.
+        budget_unit: ``"steps"``, ``"epochs"`` or ``"seconds"``.
+        schedule: Learning-rate schedule fitted to each trial's budget.
+        schedule_options: Options of that schedule, such as ``{"power": 2.0}``.
+        warmup: Warm-up length in ``budget_unit``, below ``min_budget``.
+        base_sampler: ``"tpe"`` (default), ``"random"``, ``"gp"``, ``"cmaes"``,
+            ``"qmc"``, an Optuna sampler (copied and reseeded for each trial) or a
+            function from a seed to a sampler.
+        seed: The study's seed; ``None`` draws one when the study is created.
+        max_retries: How many times a job whose worker was lost runs again.
+        settings: Resolved :class:`StudySettings`; replaces the arguments above.
+        use_stored_settings: Take the settings stored with the study, whatever they
+            are (how workers join a study); the arguments above are then ignored.
+
+    Raises:
+        SettingsMismatchError: The study already stores other settings.
+    """
+
+    def __init__(
+        self,
+        min_budget: Optional[int] = None,
+        max_budget: Optional[int] = None,
+        reduction_factor: int = 3,
+        *,
+        total_budget: Optional[int] = None,
+        n_trials: Optional[int] = None,
+        budget_unit: str = "steps",
+        schedule: str = "linear",
+        schedule_options: Optional[Dict[str, Any]] = None,
+        warmup: int = 0,
+        base_sampler: BaseSamplerSpec = "tpe",
+        seed: Optional[int] = None,
+        max_retries: int = 2,
+        settings: Optional[StudySettings] = None,
+        use_stored_settings: bool = False,
+    ) -> None:
+        self._use_stored = use_stored_settings
+        if isinstance(base_sampler, str):
+            sampler_name = base_sampler
+        else:
+            sampler_name = "custom"
+        self._base_spec: BaseSamplerSpec = base_sampler
+        if settings is not None:
+            self._requested: Optional[Dict[str, Any]] = None
+            self._given_settings: Optional[StudySettings] = settings
+            if settings.sampler != "custom" and isinstance(base_sampler, str):
+                self._base_spec = settings.sampler
+        elif use_stored_settings:
+            self._requested = None
+            self._given_settings = None
+        else:
+            if min_budget is None or max_budget is None:
+                raise ValueError(
+                    "min_budget and max_budget are required: pass them, or pass settings=, "
+                    "or use_stored_settings=True to join an existing study."
+                )
+            self._requested = dict(
+                min_budget=min_budget,
+                max_budget=max_budget,
+                reduction_factor=reduction_factor,
+                total_budget=total_budget,
+                n_trials=n_trials,
+                budget_unit=budget_unit,
+                schedule=schedule,
+                schedule_options=dict(schedule_options or {}),
+                warmup=warmup,
+                sampler=sampler_name,
+                seed=seed,
+                max_retries=max_retries,
+            )
+            # Validate now, so that bad arguments fail before any study is touched.
+            StudySettings(direction="minimize", **self._requested)
+            self._given_settings = None
+        self._bindings: Dict[int, _Binding] = {}
+        self._lock = threading.Lock()
+        self._worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    # -- study binding ---------------------------------------------------------------
+
+    def settings_for(self, study: Study) -> StudySettings:
+        """Return the settings of ``study``, storing them if the study has none yet."""
+        return self._bind(study).settings
+
+    def _bind(self, study: Study) -> _Binding:
+        study_id = study._study_id
+        with self._lock:
+            binding = self._bindings.get(study_id)
+        if binding is not None:
+            return binding
+
+        database = database_for(study._storage)
+        direction = "maximize" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "minimize"
+        if study._is_multi_objective():
+            raise ValueError("budgetsearch supports single-objective studies only.")
+        wanted = self._wanted_settings(direction)
+
+        def bind(connection: sa.engine.Connection) -> StudySettings:
+            row = database.lock_study(connection, study_id)
+            if row is not None:
+                stored = StudySettings.from_json(row.settings)
+                if wanted is not None:
+                    check_settings_match(stored, wanted, study.study_name)
+                return stored
+            if wanted is None:
+                raise ValueError(
+                    f"study {study.study_name!r} has no budgetsearch settings stored: create it "
+                    "with `budgetsearch run` or a BudgetSampler given its budgets."
+                )
+            settings = wanted
+            if settings.seed is None:
+                settings = dataclasses.replace(settings, seed=_fresh_seed())
+            connection.execute(
+                studies_table.insert().values(
+                    study_id=study_id,
+                    study_name=study.study_name,
+                    settings=settings.to_json(),
+                    created_at=_now(),
+                )
+            )
+            return settings
+
+        settings = database.run(bind)
+        if settings.direction != direction:
+            raise SettingsMismatchError(
+                f"study {study.study_name!r} stores direction {settings.direction!r} but the "
+                f"Optuna study is set to {direction!r}."
+            )
+        binding = _Binding(database=database, settings=settings)
+        with self._lock:
+            self._bindings.setdefault(study_id, binding)
+            return self._bindings[study_id]
+
+    def _wanted_settings(self, direction: str) -> Optional[StudySettings]:
+        if self._use_stored:
+            return None
+        if self._given_settings is not None:
+            return self._given_settings
+        assert self._requested is not None
+        return StudySettings(direction=direction, **self._requested)
+
+    # -- job claims ------------------------------------------------------------------
+
+    def peek_job(self, study: Study) -> Optional[Job]:
+        """Return the job the next trial would get now, without claiming it."""
+        binding = self._bind(study)
+        settings = binding.settings
+
+        def peek(connection: sa.engine.Connection) -> Optional[Job]:
+            return _decide(connection, study._study_id, settings)
+
+        return binding.database.run(peek)
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        binding = self._bind(study)
+        settings = binding.settings
+        study_id = study._study_id
+
+        def claim(connection: sa.engine.Connection) -> Optional[Job]:
+            binding.database.lock_study(connection, study_id)
+            job = _decide(connection, study_id, settings)
+            if job is None:
+                return None
+            config = trial.number if job.config is None else job.config
+            config_trial_id = trial._trial_id if job.config_trial_id is None else job.config_trial_id
+            connection.execute(
+                claims_table.insert().values(
+                    study_id=study_id,
+                    config=config,
+                    rung=job.rung,
+                    attempt=job.attempt,
+                    bracket=job.bracket,
+                    budget=job.budget,
+                    start_step=0,
+                    reserved=job.reserved,
+                    trial_number=trial.number,
+                    trial_id=trial._trial_id,
+                    config_trial_id=config_trial_id,
+                    parent=job.parent,
+                    state=RUNNING,
+                    worker=self._worker,
+                    claimed_at=_now(),
+                )
+            )
+            return Job(
+                config=config,
+                rung=job.rung,
+                attempt=job.attempt,
+                bracket=job.bracket,
+                budget=job.budget,
+                reserved=job.reserved,
+                parent=job.parent,
+                config_trial_id=config_trial_id,
+            )
+
+        job = binding.database.run(claim)
+        storage = study._storage
+        if job is None:
+            storage.set_trial_system_attr(trial._trial_id, _attrs.NO_JOB, True)
+            trial.system_attrs[_attrs.NO_JOB] = True
+            logger.info("Trial %d got no job: none fits the study's limits.", trial.number)
+            try:
+                study.stop()
+            except RuntimeError:
+                pass  # Not inside study.optimize: the caller sees NoJobError from trial_budget.
+            return
+
+        assert job.config is not None
+        attrs = {
+            _attrs.BUDGET: job.budget,
+            _attrs.RUNG: job.rung,
+            _attrs.BRACKET: job.bracket,
+            _attrs.CONFIG: job.config,
+            _attrs.ATTEMPT: job.attempt,
+            _attrs.SCHEDULE: {
+                "name": settings.schedule,
+                "options": settings.schedule_options,
+                "warmup": settings.warmup,
+                "unit": settings.budget_unit,
+            },
+        }
+        if job.parent is not None:
+            attrs[_attrs.PARENT] = job.parent
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial._trial_id, key, value)
+            # ``trial`` is the Trial's cached copy, which ``Trial.user_attrs`` reads.
+            trial.user_attrs[key] = value
+
+        plan = _TrialPlan(job=job, config=job.config)
+        if job.config != trial.number:
+            plan.replay = storage.get_trial(job.config_trial_id)
+        else:
+            plan.base_sampler = make_base_sampler(
+                self._base_spec,
+                settings.seed if self._base_spec == "qmc" else _derive_seed(settings.seed, trial.number),
+            )
+        with self._lock:
+            binding.plans[trial._trial_id] = plan
+        logger.info(
+            "Trial %d claimed configuration %d at rung %d (budget %d, attempt %d).",
+            trial.number, job.config, job.rung, job.budget, job.attempt,
+        )
+
+    def _plan(self, study: Study, trial: FrozenTrial) -> Optional[_TrialPlan]:
+        binding = self._bind(study)
+        with self._lock:
+            plan = binding.plans.get(trial._trial_id)
+        if plan is not None:
+            return plan
+        # The trial was claimed by another process or sampler object: rebuild its plan.
+        attrs = study._storage.get_trial_user_attrs(trial._trial_id)
+        if _attrs.CONFIG not in attrs:
+            return None
+        config = attrs[_attrs.CONFIG]
+        job = Job(
+            config=config,
+            rung=attrs[_attrs.RUNG],
+            attempt=attrs[_attrs.ATTEMPT],
+            bracket=attrs[_attrs.BRACKET],
+            budget=attrs[_attrs.BUDGET],
+            reserved=attrs[_attrs.BUDGET],
+            parent=attrs.get(_attrs.PARENT),
+        )
+        plan = _TrialPlan(job=job, config=config)
+        if config != trial.number:
+            config_trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, config)
+            plan.replay = study._storage.get_trial(config_trial_id)
+        else:
+            seed = binding.settings.seed
+            plan.base_sampler = make_base_sampler(
+                self._base_spec, seed if self._base_spec == "qmc" else _derive_seed(seed, trial.number)
+            )
+        with self._lock:
+            binding.plans[trial._trial_id] = plan
+        return plan
+
+    # -- parameters ------------------------------------------------------------------
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> Dict[str, BaseDistribution]:
+        plan = self._plan(study, trial)
+        if plan is None or plan.base_sampler is None:
+            return {}
+        return plan.base_sampler.infer_relative_search_space(_RungStudy(study, 0, plan.base_sampler), trial)
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: Dict[str, BaseDistribution]
+    ) -> Dict[str, Any]:
+        plan = self._plan(study, trial)
+        if plan is None or plan.base_sampler is None or not search_space:
+            return {}
+        return plan.base_sampler.sample_relative(_RungStudy(study, 0, plan.base_sampler), trial, search_space)
+
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        plan = self._plan(study, trial)
+        if plan is None:
+            raise NoJobError(f"trial {trial.number} has no budgetsearch job, so it cannot sample parameters.")
+        if plan.replay is not None:
+            return _replayed_value(plan, trial, param_name, param_distribution)
+        assert plan.base_sampler is not None
+        view = _RungStudy(study, 0, plan.base_sampler)
+        return plan.base_sampler.sample_independent(view, trial, param_name, param_distribution)
+
+    # -- results ---------------------------------------------------------------------
+
+    def after_trial(
+        self, study: Study, trial: FrozenTrial, state: TrialState, values: Optional[Sequence[float]]
+    ) -> None:
+        binding = self._bind(study)
+        with self._lock:
+            plan = binding.plans.pop(trial._trial_id, None)
+        if plan is not None and plan.base_sampler is not None:
+            plan.base_sampler.after_trial(_RungStudy(study, 0, plan.base_sampler), trial, state, values)
+        record_result(binding.database, study._study_id, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        # Per-trial base samplers derive their seeds from the study seed and trial number.
+        pass
+
+
+def _replayed_value(plan: _TrialPlan, trial: FrozenTrial, name: str, distribution: BaseDistribution) -> Any:
+    replay = plan.replay
+    assert replay is not None
+    if name not in replay.distributions:
+        raise ValueError(
+            f"trial {trial.number} replays configuration {plan.config}, which has no parameter "
+            f"{name!r}: a promoted trial must ask for the same parameters as the configuration's "
+            f"first trial ({sorted(replay.distributions)})."
+        )
+    stored = replay.distributions[name]
+    if stored != distribution:
+        raise ValueError(
+            f"trial {trial.number} asks for parameter {name!r} with {distribution}, but configuration "
+            f"{plan.config} was sampled with {stored}: keep the search space unchanged within a study."
+        )
+    return replay.params[name]
+
+
+def _decide(connection: sa.engine.Connection, study_id: int, settings: StudySettings) -> Optional[Job]:
+    rows = connection.execute(
+        sa.select(
+            claims_table.c.config,
+            claims_table.c.rung,
+            claims_table.c.attempt,
+            claims_table.c.bracket,
+            claims_table.c.budget,
+            claims_table.c.reserved,
+            claims_table.c.trial_number,
+            claims_table.c.config_trial_id,
+            claims_table.c.state,
+            claims_table.c.value,
+            claims_table.c.parent,
+        ).where(claims_table.c.study_id == study_id)
+    ).all()
+    claims = [Claim(**row._mapping) for row in rows]
+    return next_job(
+        claims,
+        settings.ladder,
+        settings.direction,
+        total_budget=settings.total_budget,
+        n_trials=settings.n_trials,
+        max_retries=settings.max_retries,
+    )
+
+
+def record_result(
+    database: StudyDatabase,
+    study_id: int,
+    trial: FrozenTrial,
+    state: TrialState,
+    values: Optional[Sequence[float]],
+) -> None:
+    """Write a finished trial's outcome to its claim; a pruned or failed trial gives back what it did not train."""
+    if state == TrialState.COMPLETE and values is not None and math.isfinite(values[0]):
+        claim_state, value = COMPLETE, float(values[0])
+    elif state == TrialState.PRUNED:
+        claim_state, value = PRUNED, None
+    else:
+        claim_state, value = FAILED, None
+
+    def update(connection: sa.engine.Connection) -> None:
+        row = connection.execute(
+            sa.select(claims_table.c.id, claims_table.c.budget, claims_table.c.start_step, claims_table.c.reserved)
+            .where(claims_table.c.study_id == study_id)
+            .where(claims_table.c.trial_number == trial.number)
+        ).first()
+        if row is None:
+            return
+        if claim_state == COMPLETE:
+            spent = row.reserved
+            reserved = row.reserved
+        else:
+            last_step = max(trial.intermediate_values, default=row.start_step)
+            spent = max(0, min(int(last_step), row.budget) - row.start_step)
+            reserved = spent
+        connection.execute(
+            claims_table.update()
+            .where(claims_table.c.id == row.id)
+            .values(state=claim_state, value=value, spent=spent, reserved=reserved, finished_at=_now())
+        )
+
+    database.run(update)
+
+
+def check_settings_match(stored: StudySettings, wanted: StudySettings, study_name: str) -> None:
+    """Raise SettingsMismatchError naming each setting of ``wanted`` that contradicts ``stored``."""
+    differences = stored.differences(wanted)
+    if wanted.seed is None:
+        differences.pop("seed", None)
+    if differences:
+        listed = "; ".join(f"{name}: stored {a!r}, given {b!r}" for name, (a, b) in sorted(differences.items()))
+        raise SettingsMismatchError(
+            f"study {study_name!r} already exists with other settings ({listed}). Leave these "
+            "flags out to use the stored settings, or pick a new --study-name."
+        )
+
+
+def _fresh_seed() -> int:
+    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+
+
+def _now() -> float:
+    return time.time()

@@ -1,0 +1,157 @@
+"""Study settings: the defaults a study file declares and the resolved settings a study stores."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from budgetsearch._ladder import Ladder
+
+DIRECTIONS = ("maximize", "minimize")
+BUDGET_UNITS = ("steps", "epochs", "seconds")
+ALGORITHMS = ("asha",)
+MODES = ("restart",)
+SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc")
+# Kept equal to budgetsearch.schedules.SCHEDULES; checked by a test.
+SCHEDULE_NAMES = ("linear", "cosine", "step", "exponential", "polynomial", "wsd", "constant")
+
+
+def _check_choice(name: str, value: object, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is invalid: choose one of {', '.join(choices)}.")
+
+
+def _check_optional_positive_int(name: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}={value!r} is invalid: it must be a positive integer or unset.")
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """The resolved settings of a study, stored with it and read back by every worker.
+
+    Budgets are integers in ``budget_unit``. ``total_budget`` limits the sum of the
+    budgets that trials reserve; ``n_trials`` limits the number of jobs in the whole
+    study. Either may be ``None`` (no limit).
+    """
+
+    direction: str
+    min_budget: int
+    max_budget: int
+    reduction_factor: int = 3
+    budget_unit: str = "steps"
+    total_budget: Optional[int] = None
+    n_trials: Optional[int] = None
+    algorithm: str = "asha"
+    mode: str = "restart"
+    schedule: str = "linear"
+    schedule_options: Dict[str, Any] = field(default_factory=dict)
+    warmup: int = 0
+    sampler: str = "tpe"
+    seed: Optional[int] = None
+    max_retries: int = 2
+    metric: str = "value"
+
+    def __post_init__(self) -> None:
+        _check_choice("direction", self.direction, DIRECTIONS)
+        _check_choice("budget_unit", self.budget_unit, BUDGET_UNITS)
+        _check_choice("algorithm", self.algorithm, ALGORITHMS)
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("schedule", self.schedule, SCHEDULE_NAMES)
+        _check_choice("sampler", self.sampler, SAMPLERS)
+        ladder = self.ladder
+        _check_optional_positive_int("total_budget", self.total_budget)
+        _check_optional_positive_int("n_trials", self.n_trials)
+        if self.total_budget is not None and self.total_budget < ladder.min_budget:
+            raise ValueError(
+                f"total_budget={self.total_budget} is invalid: it is below "
+                f"min_budget={ladder.min_budget}, so no trial fits. Raise it or lower min_budget."
+            )
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup={self.warmup!r} is invalid: it must be a non-negative integer.")
+        if self.warmup >= ladder.min_budget:
+            raise ValueError(
+                f"warmup={self.warmup} is invalid: it must be below min_budget={ladder.min_budget}, "
+                "so that every trial's schedule can decay after its warm-up."
+            )
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"seed={self.seed!r} is invalid: it must be an integer or unset.")
+        retries = self.max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"max_retries={retries!r} is invalid: it must be a non-negative integer.")
+        if not isinstance(self.schedule_options, dict):
+            raise ValueError(
+                f"schedule_options={self.schedule_options!r} is invalid: it must be a dict."
+            )
+
+    @property
+    def ladder(self) -> Ladder:
+        return Ladder(self.min_budget, self.max_budget, self.reduction_factor)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "StudySettings":
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def differences(self, other: "StudySettings") -> Dict[str, tuple]:
+        """Return ``{name: (self_value, other_value)}`` for each setting that differs."""
+        mine = dataclasses.asdict(self)
+        theirs = dataclasses.asdict(other)
+        return {name: (mine[name], theirs[name]) for name in mine if mine[name] != theirs[name]}
+
+
+@dataclass(frozen=True)
+class StudyDefaults:
+    """What a study file declares about its study; command-line flags override it.
+
+    Example of a study file's declaration::
+
+        DEFAULTS = budgetsearch.StudyDefaults(
+            direction="maximize", metric="val_accuracy", budget_unit="steps",
+            min_budget=250, max_budget=6000, reduction_factor=3, total_budget=60000,
+        )
+
+    ``timeout`` is in seconds of wall-clock time for one ``budgetsearch run``: after
+    it, no new trial starts and running trials finish. Every other field is a
+    :class:`StudySettings` field of the same name.
+    """
+
+    direction: str
+    min_budget: int
+    max_budget: int
+    reduction_factor: int = 3
+    budget_unit: str = "steps"
+    total_budget: Optional[int] = None
+    n_trials: Optional[int] = None
+    algorithm: str = "asha"
+    mode: str = "restart"
+    schedule: str = "linear"
+    schedule_options: Dict[str, Any] = field(default_factory=dict)
+    warmup: int = 0
+    sampler: str = "tpe"
+    seed: Optional[int] = None
+    max_retries: int = 2
+    metric: str = "value"
+    timeout: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        self.resolve()
+        if self.timeout is not None and not (
+            isinstance(self.timeout, (int, float)) and math.isfinite(self.timeout) and self.timeout > 0
+        ):
+            raise ValueError(f"timeout={self.timeout!r} is invalid: it must be a positive number of seconds.")
+
+    def resolve(self, **overrides: Any) -> StudySettings:
+        """Return the study settings with ``overrides`` (``None`` values ignored) applied."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(StudySettings)}
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return StudySettings(**values)

@@ -1,0 +1,211 @@
+"""budgetsearch's own tables, kept in the same database as the Optuna study.
+
+Three tables, all prefixed ``budgetsearch_`` so they cannot clash with Optuna's
+tables or with Alembic's version table:
+
+* ``budgetsearch_schema``: one row with the schema version of these tables.
+* ``budgetsearch_studies``: one row per study with its resolved settings. Claims of
+  a study are decided while this row is locked, so decisions are serialized.
+* ``budgetsearch_claims``: one row per job a worker reserved, unique on
+  (study, configuration, rung, attempt).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import weakref
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, TypeVar
+
+import sqlalchemy as sa
+from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.pool import StaticPool
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+schema_table = sa.Table(
+    "budgetsearch_schema",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+studies_table = sa.Table(
+    "budgetsearch_studies",
+    metadata,
+    sa.Column("study_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("study_name", sa.String(512), nullable=False),
+    sa.Column("settings", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+claims_table = sa.Table(
+    "budgetsearch_claims",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study_id", sa.Integer, nullable=False),
+    sa.Column("config", sa.Integer, nullable=False),
+    sa.Column("rung", sa.Integer, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("bracket", sa.Integer, nullable=False),
+    sa.Column("budget", sa.Integer, nullable=False),
+    sa.Column("start_step", sa.Integer, nullable=False),
+    sa.Column("reserved", sa.Integer, nullable=False),
+    sa.Column("spent", sa.Integer, nullable=True),
+    sa.Column("trial_number", sa.Integer, nullable=False),
+    sa.Column("trial_id", sa.Integer, nullable=False),
+    sa.Column("config_trial_id", sa.Integer, nullable=False),
+    sa.Column("parent", sa.Integer, nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("value", sa.Float, nullable=True),
+    sa.Column("worker", sa.String(128), nullable=True),
+    sa.Column("claimed_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.UniqueConstraint("study_id", "config", "rung", "attempt", name="uq_budgetsearch_job"),
+    sa.Index("ix_budgetsearch_claims_study", "study_id"),
+)
+
+T = TypeVar("T")
+
+
+class SchemaVersionError(RuntimeError):
+    """The database holds budgetsearch tables of another schema version."""
+
+
+class StudyDatabase:
+    """budgetsearch's tables for one Optuna storage, with serialized claim transactions."""
+
+    def __init__(self, engine: Engine, *, single_connection: bool = False) -> None:
+        self.engine = engine
+        # One shared connection (in-memory SQLite) needs a lock across threads.
+        self._lock = threading.RLock() if single_connection else None
+        self._ensure_schema()
+
+    def _ensure_schema(self) -> None:
+        def create(connection: Connection) -> None:
+            metadata.create_all(connection)
+            row = connection.execute(sa.select(schema_table.c.version)).first()
+            if row is None:
+                connection.execute(schema_table.insert().values(id=1, version=SCHEMA_VERSION))
+            elif row.version != SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"The budgetsearch tables in this database have schema version {row.version}, "
+                    f"but this budgetsearch uses version {SCHEMA_VERSION}. "
+                    "Run `budgetsearch db upgrade --storage URL` to upgrade them."
+                )
+
+        self.run(create)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        if self._lock is not None:
+            with self._lock, self.engine.begin() as connection:
+                yield connection
+        else:
+            with self.engine.begin() as connection:
+                yield connection
+
+    def run(self, work: Callable[[Connection], T], *, attempts: int = 20) -> T:
+        """Run ``work`` in one transaction, retrying lock timeouts, deadlocks and serialization failures."""
+        for attempt in range(attempts):
+            try:
+                with self._transaction() as connection:
+                    return work(connection)
+            except (OperationalError, DBAPIError) as error:
+                if isinstance(error, IntegrityError) or not _is_transient(error) or attempt == attempts - 1:
+                    raise
+                delay = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
+                logger.info("Retrying a budgetsearch transaction after %s (attempt %d).", type(error.orig).__name__, attempt + 1)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def lock_study(self, connection: Connection, study_id: int) -> Any:
+        """Lock and return the study's settings row for the rest of the transaction."""
+        query = sa.select(studies_table).where(studies_table.c.study_id == study_id)
+        if connection.dialect.name in ("postgresql", "mysql", "mariadb"):
+            query = query.with_for_update()
+        return connection.execute(query).first()
+
+
+def _is_transient(error: DBAPIError) -> bool:
+    text = str(error.orig).lower()
+    markers = (
+        "database is locked",
+        "deadlock",
+        "could not serialize",
+        "lock wait timeout",
+        "serialization failure",
+        "try restarting transaction",
+    )
+    return any(marker in text for marker in markers)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    # pysqlite starts transactions lazily; BEGIN IMMEDIATE takes the write lock at
+    # the start, so two processes never decide a claim from the same snapshot.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 60000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+_databases_by_url: Dict[str, StudyDatabase] = {}
+_databases_by_memory_storage: "weakref.WeakKeyDictionary[BaseStorage, StudyDatabase]" = weakref.WeakKeyDictionary()
+_registry_lock = threading.Lock()
+
+
+def _rdb_backend(storage: BaseStorage) -> BaseStorage:
+    return getattr(storage, "_backend", storage)
+
+
+def database_for(storage: BaseStorage) -> StudyDatabase:
+    """Return budgetsearch's tables in the database behind an Optuna storage."""
+    backend = _rdb_backend(storage)
+    with _registry_lock:
+        if isinstance(backend, RDBStorage):
+            url = backend.engine.url
+            key = url.render_as_string(hide_password=False)
+            database = _databases_by_url.get(key)
+            if database is None:
+                database = StudyDatabase(create_engine_for(key))
+                _databases_by_url[key] = database
+            return database
+        if isinstance(backend, InMemoryStorage):
+            database = _databases_by_memory_storage.get(backend)
+            if database is None:
+                engine = sa.create_engine(
+                    "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
+                )
+                database = StudyDatabase(engine, single_connection=True)
+                _databases_by_memory_storage[backend] = database
+            return database
+    raise ValueError(
+        f"storage {type(backend).__name__} is not supported: budgetsearch needs an RDB storage "
+        "(a SQLite, PostgreSQL or MySQL URL) to share a study between processes, or "
+        "optuna.storages.InMemoryStorage for one process."
+    )
+
+
+def create_engine_for(url: str) -> Engine:
+    """Create an engine for budgetsearch's tables at ``url``."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+        _configure_sqlite(engine)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)

@@ -1,0 +1,518 @@
+"""The ``budgetsearch`` command: run, worker, status and db."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+STORAGE_ENVIRONMENT_VARIABLE = "BUDGETSEARCH_STORAGE"
+CPUS_ENVIRONMENT_VARIABLE = "BUDGETSEARCH_CPUS"
+DEFAULT_STORAGE = "sqlite:///budgetsearch.db"
+
+logger = logging.getLogger("budgetsearch.cli")
+
+
+class UsageError(Exception):
+    """Bad input from the command line: printed as one line, exit status 2."""
+
+
+# -- argument types ------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a positive integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not positive; give a positive integer")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give 0 or more") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative; give 0 or more")
+    return value
+
+
+def _reduction_factor(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give an integer of at least 2") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is below 2; give an integer of at least 2")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not positive; give a positive number of seconds")
+    return value
+
+
+# -- storage -------------------------------------------------------------------------
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url
+    if parsed.password is None:
+        return url
+    return parsed.set(password="***").render_as_string(hide_password=False)
+
+
+def _mask_in(text: str, url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        password = make_url(url).password
+    except ArgumentError:
+        return text
+    if password:
+        text = text.replace(str(password), "***")
+    return text
+
+
+def open_storage(url: str) -> Any:
+    """Open the Optuna RDB storage at ``url``, set up for several local processes on SQLite."""
+    import optuna
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UsageError(
+            f"storage URL {mask_url(url)!r} is invalid: use an SQLAlchemy URL such as "
+            "sqlite:///budgetsearch.db or postgresql+psycopg://user@host/db."
+        ) from None
+
+    engine_kwargs: Dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        engine_kwargs["connect_args"] = {"timeout": 60}
+        database = parsed.database
+        if database and database != ":memory:":
+            folder = os.path.dirname(os.path.abspath(database))
+            if not os.path.isdir(folder):
+                raise UsageError(f"storage URL {url!r}: folder {folder!r} does not exist; create it first.")
+            _enable_sqlite_wal(database)
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except (SQLAlchemyError, ImportError, ValueError, RuntimeError) as error:
+        reason = _mask_in(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, url)
+        raise UsageError(
+            f"cannot open storage {mask_url(url)}: {reason}. Check the URL, that the server is "
+            "running and reachable, and that its driver is installed (pip install 'budgetsearch[postgresql]' or '[mysql]')."
+        ) from None
+
+
+def _enable_sqlite_wal(path: str) -> None:
+    import sqlite3
+
+    # WAL lets readers (status, progress) run while a worker writes; the mode is kept in the file.
+    connection = sqlite3.connect(path, timeout=60)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+    finally:
+        connection.close()
+
+
+# -- studies -------------------------------------------------------------------------
+
+_SETTING_FLAGS = {
+    "algorithm": "algorithm",
+    "mode": "mode",
+    "schedule": "schedule",
+    "sampler": "sampler",
+    "seed": "seed",
+    "min_budget": "min_budget",
+    "max_budget": "max_budget",
+    "reduction_factor": "reduction_factor",
+    "total_budget": "total_budget",
+    "n_trials": "n_trials",
+    "warmup": "warmup",
+    "budget_unit": "budget_unit",
+    "max_retries": "max_retries",
+}
+
+
+def _explicit_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    return {name: getattr(args, flag) for flag, name in _SETTING_FLAGS.items() if getattr(args, flag, None) is not None}
+
+
+def open_study(args: argparse.Namespace, study_file: Any) -> Any:
+    """Create the study with its resolved settings, or load it and check the flags against it."""
+    import optuna
+
+    from budgetsearch._sampler import BudgetSampler, check_settings_match
+    from budgetsearch._status import load_settings
+    from budgetsearch._tables import database_for
+
+    explicit = _explicit_settings(args)
+    try:
+        settings = study_file.defaults.resolve(**explicit)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+    storage = open_storage(args.storage)
+    study_name = args.study_name or study_file.default_study_name
+    try:
+        existing = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        existing = None
+
+    if existing is not None:
+        stored = load_settings(database_for(existing._storage), existing._study_id)
+        if stored is None:
+            raise UsageError(
+                f"study {study_name!r} exists in {mask_url(args.storage)} but was not created by "
+                "budgetsearch; pick another --study-name."
+            )
+        try:
+            wanted = dataclasses.replace(stored, **explicit)
+            check_settings_match(stored, wanted, study_name)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        return existing, stored
+
+    sampler = BudgetSampler(settings=settings)
+    study = optuna.create_study(
+        study_name=study_name, storage=storage, direction=settings.direction, sampler=sampler, load_if_exists=True
+    )
+    try:
+        stored = sampler.settings_for(study)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return study, stored
+
+
+# -- run -----------------------------------------------------------------------------
+
+
+def _parse_devices(text: Optional[str], workers: Optional[int]) -> List[str]:
+    if text:
+        devices = [item.strip() for item in text.split(",") if item.strip()]
+        for device in devices:
+            if device != "cpu" and not (device.startswith("cuda:") and device[5:].isdigit()):
+                raise UsageError(f"--devices entry {device!r} is invalid: use cpu or cuda:N, separated by commas.")
+        return devices
+    try:
+        import torch
+
+        count = torch.cuda.device_count()
+    except Exception:  # A broken CUDA set-up means CPU workers.
+        count = 0
+    return [f"cuda:{index}" for index in range(count)] or ["cpu"]
+
+
+def _cpu_sets(workers: int) -> List[List[int]]:
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if workers >= len(cores):
+        return [[cores[index % len(cores)]] for index in range(workers)]
+    return [cores[index::workers] for index in range(workers)]
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from budgetsearch._studyfile import load_study_file
+
+    study_file = load_study_file(args.study_file)
+    study, settings = open_study(args, study_file)
+    devices = _parse_devices(args.devices, args.workers)
+    workers = args.workers or len(devices)
+    cpu_sets = _cpu_sets(workers)
+    timeout = args.timeout if args.timeout is not None else study_file.defaults.timeout
+    deadline = None if timeout is None else time.time() + timeout
+
+    processes = []
+    for index in range(workers):
+        environment = dict(os.environ)
+        environment[STORAGE_ENVIRONMENT_VARIABLE] = args.storage
+        environment["BUDGETSEARCH_DEVICE"] = devices[index % len(devices)]
+        environment[CPUS_ENVIRONMENT_VARIABLE] = ",".join(str(core) for core in cpu_sets[index])
+        threads = str(len(cpu_sets[index]))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            environment[name] = threads
+        if devices[index % len(devices)].startswith("cuda:"):
+            environment["CUDA_VISIBLE_DEVICES"] = devices[index % len(devices)].split(":")[1]
+            environment["BUDGETSEARCH_DEVICE"] = "cuda:0"
+        command = [
+            sys.executable, "-m", "budgetsearch", "worker", args.study_file,
+            "--study-name", study.study_name, "--worker-id", f"w{index}",
+        ]
+        if deadline is not None:
+            command += ["--deadline", repr(deadline)]
+        if args.verbose:
+            command.append("--verbose")
+        processes.append(subprocess.Popen(command, env=environment))
+
+    print(
+        f"Study {study.study_name!r} in {mask_url(args.storage)}: {workers} worker(s) on "
+        f"{', '.join(sorted(set(devices[:workers])))}; ladder {list(settings.ladder.budgets)} {settings.budget_unit}, "
+        f"total budget {settings.total_budget if settings.total_budget is not None else 'unlimited'}.",
+        flush=True,
+    )
+    interactive = sys.stdout.isatty()
+    started = time.time()
+    stopping = False
+    try:
+        while any(process.poll() is None for process in processes):
+            if interactive:
+                _print_progress(study, started)
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        stopping = True
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait()
+    if interactive:
+        sys.stdout.write("\n")
+
+    from budgetsearch._status import summary
+
+    _print_summary(summary(study), time.time() - started)
+    codes = [process.returncode for process in processes]
+    if stopping:
+        return 130
+    return 0 if all(code == 0 for code in codes) else 1
+
+
+def _print_progress(study: Any, started: float) -> None:
+    from budgetsearch._status import progress
+
+    snapshot = progress(study)
+    total = snapshot["total_budget"]
+    rungs = " ".join(f"r{rung}:{count}" for rung, count in snapshot["finished_per_rung"].items())
+    best = snapshot["best"]
+    best_text = "-" if best is None else f"{best[0]:.4g} (rung {best[1]})"
+    line = (
+        f"\r[{time.time() - started:6.0f}s] reserved {snapshot['reserved']}"
+        f"{'' if total is None else '/' + str(total)}  finished {rungs or '-'}  "
+        f"running {snapshot['running']}  best {best_text}"
+    )
+    sys.stdout.write(line[:200].ljust(100))
+    sys.stdout.flush()
+
+
+def _print_summary(data: Dict[str, Any], elapsed: Optional[float] = None) -> None:
+    lines = [
+        f"Study {data['study_name']!r}: {data['direction']} {data['metric']}, {data['algorithm']} in "
+        f"{data['mode']} mode, {data['schedule']} schedule, budgets in {data['budget_unit']}.",
+        f"Budget reserved {data['budget_reserved']} of "
+        f"{data['total_budget'] if data['total_budget'] is not None else 'unlimited'}; spent {data['budget_spent']}."
+        + ("" if elapsed is None else f" Wall-clock time {elapsed:.0f} s."),
+        "Trials: " + ", ".join(f"{count} {state}" for state, count in data["trials"].items() if count),
+        f"{'rung':>4} {'budget':>8} {'complete':>8} {'pruned':>6} {'failed':>6} {'running':>7} {'promoted':>8}",
+    ]
+    for rung in data["rungs"]:
+        lines.append(
+            f"{rung['rung']:>4} {rung['budget']:>8} {rung['complete']:>8} {rung['pruned']:>6} "
+            f"{rung['failed']:>6} {rung['running']:>7} {rung['promoted']:>8}"
+        )
+    best = data["best"]
+    if best is None:
+        lines.append("Best: no complete trial yet.")
+    else:
+        lines.append(
+            f"Best: {data['metric']} {best['value']:.6g} at rung {best['rung']} (budget {best['budget']}), "
+            f"trial {best['trial_number']}, params {json.dumps(best['params'], sort_keys=True)}"
+        )
+    print("\n".join(lines), flush=True)
+
+
+# -- worker --------------------------------------------------------------------------
+
+
+def _limit_cpus() -> None:
+    text = os.environ.get(CPUS_ENVIRONMENT_VARIABLE)
+    if not text:
+        return
+    cores = {int(item) for item in text.split(",") if item}
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(len(cores))
+
+
+def command_worker(args: argparse.Namespace) -> int:
+    import optuna
+
+    from budgetsearch._studyfile import load_study_file
+    from budgetsearch._worker import run_worker
+
+    _limit_cpus()
+    study_file = load_study_file(args.study_file)
+    study, _settings = open_study(args, study_file)
+    deadline = args.deadline
+    if args.timeout is not None:
+        deadline = time.time() + args.timeout
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    report = run_worker(
+        study.study_name,
+        study._storage,
+        study_file.objective,
+        worker_id=args.worker_id or f"{os.uname().nodename}:{os.getpid()}",
+        deadline=deadline,
+    )
+    return 0 if not report.stopped_by_signal else 130
+
+
+# -- status and db -------------------------------------------------------------------
+
+
+def command_status(args: argparse.Namespace) -> int:
+    import optuna
+
+    from budgetsearch._status import summary
+
+    storage = open_storage(args.storage)
+    if args.study_name is None:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        raise UsageError(f"--study-name is required; studies in {mask_url(args.storage)}: {', '.join(names) or 'none'}.")
+    try:
+        study = optuna.load_study(study_name=args.study_name, storage=storage)
+    except KeyError:
+        raise UsageError(f"study {args.study_name!r} not found in {mask_url(args.storage)}.") from None
+    try:
+        data = summary(study)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        _print_summary(data)
+    return 0
+
+
+def command_db(args: argparse.Namespace) -> int:
+    from budgetsearch._tables import SCHEMA_VERSION, database_for
+
+    storage = open_storage(args.storage)
+    database_for(storage)
+    print(f"budgetsearch tables in {mask_url(args.storage)} are at schema version {SCHEMA_VERSION}.")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------
+
+
+def _add_storage(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage",
+        default=os.environ.get(STORAGE_ENVIRONMENT_VARIABLE, DEFAULT_STORAGE),
+        help=f"SQLAlchemy URL of the study database (default: ${STORAGE_ENVIRONMENT_VARIABLE} or {DEFAULT_STORAGE}).",
+    )
+
+
+def _add_study_flags(parser: argparse.ArgumentParser) -> None:
+    from budgetsearch._settings import ALGORITHMS, BUDGET_UNITS, MODES, SAMPLERS, SCHEDULE_NAMES
+
+    parser.add_argument("study_file", help="Python file that defines objective(trial) and DEFAULTS.")
+    _add_storage(parser)
+    parser.add_argument("--study-name", help="study name (default: the study file's name without .py).")
+    group = parser.add_argument_group(
+        "study settings", "Override the study file's DEFAULTS when the study is created; for an existing study they must match what it stores."
+    )
+    group.add_argument("--algorithm", choices=ALGORITHMS, help="how jobs are chosen.")
+    group.add_argument("--mode", choices=MODES, help="restart: every trial trains from scratch for its budget.")
+    group.add_argument("--schedule", choices=SCHEDULE_NAMES, help="learning-rate schedule fitted to each trial's budget.")
+    group.add_argument("--sampler", choices=SAMPLERS, help="base Optuna sampler for new configurations.")
+    group.add_argument("--seed", type=int, help="study seed; each trial's sampler seed derives from it and the trial number.")
+    group.add_argument("--min-budget", type=_positive_int, help="budget of rung 0, in the study's budget unit.")
+    group.add_argument("--max-budget", type=_positive_int, help="budget of the top rung.")
+    group.add_argument("--reduction-factor", type=_reduction_factor, help="integer eta, at least 2.")
+    group.add_argument("--total-budget", type=_positive_int, help="limit on the sum of all trials' budgets.")
+    group.add_argument("--n-trials", type=_positive_int, help="limit on the number of jobs in the whole study.")
+    group.add_argument("--warmup", type=_non_negative_int, help="learning-rate warm-up, in the budget unit.")
+    group.add_argument("--budget-unit", choices=BUDGET_UNITS, help="unit of every budget.")
+    group.add_argument("--max-retries", type=_non_negative_int, help="runs of a job whose worker was lost.")
+    parser.add_argument("--timeout", type=_positive_seconds, help="seconds after which no new trial starts; running trials finish.")
+    parser.add_argument("--verbose", action="store_true", help="log every job claimed and finished.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="budgetsearch",
+        description="Hyperparameter search under a fixed compute budget: budgeted trials with schedules fitted to each budget.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+
+    run = subparsers.add_parser("run", help="create or continue a study and run local worker processes on it.")
+    _add_study_flags(run)
+    run.add_argument("--workers", type=_positive_int, help="number of local worker processes (default: one per device).")
+    run.add_argument("--devices", help="comma-separated devices, such as cpu or cuda:0,cuda:1; workers take them round-robin.")
+    run.set_defaults(handler=command_run)
+
+    worker = subparsers.add_parser("worker", help="join a study as one worker process, from any machine that reaches its database.")
+    _add_study_flags(worker)
+    worker.add_argument("--worker-id", help="name of this worker in logs.")
+    worker.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    worker.set_defaults(handler=command_worker)
+
+    status = subparsers.add_parser("status", help="print a study's progress and best result.")
+    _add_storage(status)
+    status.add_argument("--study-name", help="the study to show.")
+    status.add_argument("--json", action="store_true", help="print a machine-readable JSON summary.")
+    status.set_defaults(handler=command_status)
+
+    db = subparsers.add_parser("db", help="manage budgetsearch's tables in a study database.")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="create budgetsearch's tables or bring them to this version's schema.")
+    _add_storage(upgrade)
+    upgrade.set_defaults(handler=command_db)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if getattr(args, "verbose", False) else optuna.logging.WARNING)
+    from budgetsearch._sampler import SettingsMismatchError
+    from budgetsearch._studyfile import StudyFileError
+    from budgetsearch._tables import SchemaVersionError
+
+    try:
+        return args.handler(args)
+    except (UsageError, StudyFileError, SettingsMismatchError, SchemaVersionError) as error:
+        print(f"budgetsearch: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
