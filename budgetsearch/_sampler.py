@@ -536,7 +536,12 @@ def record_result(
     state: TrialState,
     values: Optional[Sequence[float]],
 ) -> None:
-    """Write a finished trial's outcome to its claim; a pruned or failed trial gives back what it did not train."""
+    """Write a finished trial's outcome and the budget it spent to its claim.
+
+    The claim keeps its whole reservation even when the trial stopped early, so each
+    job uses up at least the budget of rung 0 and a study whose trials all fail at
+    once still reaches its total budget and ends.
+    """
     if state == TrialState.COMPLETE and values is not None and math.isfinite(values[0]):
         claim_state, value = COMPLETE, float(values[0])
     elif state == TrialState.PRUNED:
@@ -554,15 +559,13 @@ def record_result(
             return
         if claim_state == COMPLETE:
             spent = row.reserved
-            reserved = row.reserved
         else:
             last_step = max(trial.intermediate_values, default=row.start_step)
             spent = max(0, min(int(last_step), row.budget) - row.start_step)
-            reserved = spent
         connection.execute(
             claims_table.update()
             .where(claims_table.c.id == row.id)
-            .values(state=claim_state, value=value, spent=spent, reserved=reserved, finished_at=_now())
+            .values(state=claim_state, value=value, spent=spent, finished_at=_now())
         )
 
     database.run(update)

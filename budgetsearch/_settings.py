@@ -63,7 +63,8 @@ class StudySettings:
         _check_choice("algorithm", self.algorithm, ALGORITHMS)
         _check_choice("mode", self.mode, MODES)
         _check_choice("schedule", self.schedule, SCHEDULE_NAMES)
-        _check_choice("sampler", self.sampler, SAMPLERS)
+        # "custom" records that the study's sampler was passed as an object.
+        _check_choice("sampler", self.sampler, SAMPLERS + ("custom",))
         ladder = self.ladder
         _check_optional_positive_int("total_budget", self.total_budget)
         _check_optional_positive_int("n_trials", self.n_trials)

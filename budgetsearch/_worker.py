@@ -162,7 +162,8 @@ def _mark_lost(database: Any, study_id: int, trial_number: int) -> None:
             claims_table.update()
             .where(claims_table.c.study_id == study_id)
             .where(claims_table.c.trial_number == trial_number)
-            .values(state=LOST)
+            # The next attempt reserves the job's budget again, so this one keeps only what it trained.
+            .values(state=LOST, reserved=sa.func.coalesce(claims_table.c.spent, 0))
         )
 
     database.run(update)

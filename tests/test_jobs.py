@@ -1,0 +1,99 @@
+"""The promotion rule, decided from claims alone."""
+
+from budgetsearch import Ladder
+from budgetsearch._jobs import COMPLETE, FAILED, LOST, PRUNED, RUNNING, Claim, next_job, promotable, rank
+
+LADDER = Ladder(1, 9, 3)  # budgets 1, 3, 9
+
+
+def claim(number, state=COMPLETE, value=None, rung=0, config=None, attempt=0):
+    return Claim(
+        config=number if config is None else config,
+        rung=rung,
+        attempt=attempt,
+        bracket=0,
+        budget=LADDER.budgets[rung],
+        reserved=LADDER.budgets[rung],
+        trial_number=number,
+        config_trial_id=number if config is None else config,
+        state=state,
+        value=value,
+    )
+
+
+def test_rank_ties_break_by_trial_number():
+    claims = [claim(3, value=1.0), claim(1, value=1.0), claim(2, value=0.5), claim(0, PRUNED)]
+    assert [c.trial_number for c in rank(claims, "minimize")] == [2, 1, 3, 0]
+    assert [c.trial_number for c in rank(claims, "maximize")] == [1, 3, 2, 0]
+
+
+def test_pruned_ranks_below_every_result():
+    # A pruned trial counts in the population but is never promoted, even when
+    # every result is worse than what it reported before it was pruned.
+    claims = [claim(0, PRUNED), claim(1, PRUNED), claim(2, value=100.0)]
+    assert [c.trial_number for c in promotable(claims, 0, "minimize", 3)] == [2]
+    claims = [claim(0, PRUNED), claim(1, PRUNED), claim(2, PRUNED)]
+    assert promotable(claims, 0, "minimize", 3) == []
+
+
+def test_population_counts_pruned_not_failed_or_running():
+    claims = [claim(0, value=1.0), claim(1, value=2.0), claim(2, FAILED), claim(3, RUNNING), claim(4, LOST)]
+    # Two finished trials: floor(2 / 3) = 0, so nothing moves up yet.
+    assert promotable(claims, 0, "minimize", 3) == []
+    claims.append(claim(5, PRUNED))
+    assert [c.trial_number for c in promotable(claims, 0, "minimize", 3)] == [0]
+
+
+def test_too_few_results_start_new_configuration():
+    claims = [claim(0, value=1.0), claim(1, value=2.0)]
+    job = next_job(claims, LADDER, "minimize")
+    assert job.config is None
+    assert job.rung == 0
+
+
+def test_best_promotable_from_highest_rung_first():
+    claims = [claim(n, value=float(n)) for n in range(9)]
+    claims += [claim(10 + n, value=float(n), rung=1, config=n) for n in range(3)]
+    job = next_job(claims, LADDER, "minimize")
+    assert (job.config, job.rung, job.parent, job.budget) == (0, 2, 10, 9)
+
+
+def test_promoted_configuration_not_promoted_twice():
+    claims = [claim(n, value=float(n)) for n in range(6)]
+    claims.append(claim(6, RUNNING, rung=1, config=0))
+    job = next_job(claims, LADDER, "minimize")
+    assert (job.config, job.rung) == (1, 1)
+    claims.append(claim(7, RUNNING, rung=1, config=1))
+    job = next_job(claims, LADDER, "minimize")
+    assert job.config is None
+
+
+def test_failed_promotion_is_final():
+    claims = [claim(n, value=float(n)) for n in range(3)]
+    claims.append(claim(3, FAILED, rung=1, config=0))
+    job = next_job(claims, LADDER, "minimize")
+    assert job.config is None
+
+
+def test_job_that_does_not_fit_is_passed_over():
+    claims = [claim(n, value=float(n)) for n in range(3)]
+    # Reserved so far: 3; a promotion to rung 1 costs 3 and a new configuration 1.
+    assert next_job(claims, LADDER, "minimize", total_budget=6).rung == 1
+    job = next_job(claims, LADDER, "minimize", total_budget=5)
+    assert (job.config, job.rung) == (None, 0)
+    assert next_job(claims, LADDER, "minimize", total_budget=3) is None
+
+
+def test_trial_limit_counts_every_job():
+    claims = [claim(n, value=float(n)) for n in range(3)]
+    assert next_job(claims, LADDER, "minimize", n_trials=3) is None
+    assert next_job(claims, LADDER, "minimize", n_trials=4) is not None
+
+
+def test_lost_job_runs_again_up_to_max_retries():
+    claims = [claim(0, value=1.0), claim(1, value=2.0), claim(2, value=3.0), claim(3, LOST, rung=1, config=0)]
+    job = next_job(claims, LADDER, "minimize", max_retries=1)
+    assert (job.config, job.rung, job.attempt) == (0, 1, 1)
+    claims.append(claim(4, LOST, rung=1, config=0, attempt=1))
+    job = next_job(claims, LADDER, "minimize", max_retries=1)
+    assert job.config is None

@@ -1,0 +1,291 @@
+"""The sampler and pruner pair on Optuna's in-memory storage, in one process."""
+
+import math
+from collections import Counter
+
+import optuna
+import pytest
+
+import budgetsearch
+from budgetsearch import BudgetPruner, BudgetSampler
+from budgetsearch._status import summary
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+ATTR = "budgetsearch:"
+
+
+def quadratic(trial):
+    budget = budgetsearch.trial_budget(trial)
+    x = trial.suggest_float("x", -2.0, 2.0)
+    k = trial.suggest_int("k", 1, 4)
+    return (x - 0.5) ** 2 + 0.1 * k + 1.0 / budget
+
+
+def make_study(direction="minimize", pruner=None, **sampler_options):
+    options = dict(min_budget=1, max_budget=9, reduction_factor=3, total_budget=200, seed=1)
+    options.update(sampler_options)
+    return optuna.create_study(
+        direction=direction, sampler=BudgetSampler(**options), pruner=pruner or BudgetPruner()
+    )
+
+
+def jobs(study):
+    return [t for t in study.trials if ATTR + "config" in t.user_attrs]
+
+
+def test_optimize_stops_when_budget_spent():
+    study = make_study()
+    study.optimize(quadratic)
+    trials = jobs(study)
+    assert sum(t.user_attrs[ATTR + "budget"] for t in trials) <= 200
+    assert Counter(t.user_attrs[ATTR + "rung"] for t in trials).keys() == {0, 1, 2}
+    jobless = [t for t in study.trials if t not in trials]
+    assert len(jobless) == 1
+    assert jobless[0].state == optuna.trial.TrialState.PRUNED
+
+
+def test_trial_attributes_recorded():
+    study = make_study()
+    study.optimize(quadratic)
+    by_number = {t.number: t for t in study.trials}
+    promoted = 0
+    for trial in jobs(study):
+        attrs = trial.user_attrs
+        assert attrs[ATTR + "budget"] == (1, 3, 9)[attrs[ATTR + "rung"]]
+        assert attrs[ATTR + "bracket"] == 0
+        assert attrs[ATTR + "attempt"] == 0
+        if attrs[ATTR + "rung"] == 0:
+            assert attrs[ATTR + "config"] == trial.number
+            assert ATTR + "parent" not in attrs
+        else:
+            promoted += 1
+            parent = by_number[attrs[ATTR + "parent"]]
+            assert parent.user_attrs[ATTR + "config"] == attrs[ATTR + "config"]
+            assert parent.user_attrs[ATTR + "rung"] == attrs[ATTR + "rung"] - 1
+    assert promoted > 0
+
+
+def test_promoted_trial_replays_parameters_exactly():
+    study = make_study()
+    study.optimize(quadratic)
+    by_number = {t.number: t for t in study.trials}
+    for trial in jobs(study):
+        config = by_number[trial.user_attrs[ATTR + "config"]]
+        assert trial.params == config.params
+        assert trial.distributions == config.distributions
+
+
+def test_promotions_follow_rule():
+    study = make_study(total_budget=400)
+    study.optimize(quadratic)
+    trials = sorted(jobs(study), key=lambda t: t.number)
+    for child in trials:
+        rung = child.user_attrs[ATTR + "rung"]
+        if rung == 0:
+            continue
+        # At the moment of the claim, the parent was among the best n // 3 finished at its rung.
+        finished = [
+            t for t in trials
+            if t.user_attrs[ATTR + "rung"] == rung - 1
+            and t.datetime_complete is not None
+            and t.datetime_complete <= child.datetime_start
+        ]
+        ranked = sorted(finished, key=lambda t: (t.value, t.number))
+        top = {t.number for t in ranked[: len(ranked) // 3]}
+        assert child.user_attrs[ATTR + "parent"] in top
+
+
+def test_parameter_distribution_change_fails_trial():
+    errors = {}
+
+    def objective(trial):
+        budget = budgetsearch.trial_budget(trial)
+        high = 2.0 if budget == 1 else 3.0
+        try:
+            return trial.suggest_float("x", -2.0, high) ** 2
+        except ValueError as error:
+            errors[trial.number] = str(error)
+            raise
+
+    study = make_study(total_budget=30)
+    study.optimize(objective, catch=(ValueError,))
+    promoted = [t for t in jobs(study) if t.user_attrs[ATTR + "rung"] > 0]
+    assert promoted
+    for trial in promoted:
+        assert trial.state == optuna.trial.TrialState.FAIL
+        assert "parameter 'x'" in errors[trial.number]
+
+
+def test_nan_report_prunes_and_is_never_promoted():
+    def objective(trial):
+        budget = budgetsearch.trial_budget(trial)
+        x = trial.suggest_float("x", -2.0, 2.0)
+        trial.report(float("nan") if x < 0 else x * x, step=budget)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+        return x * x
+
+    study = make_study()
+    study.optimize(objective)
+    by_number = {t.number: t for t in study.trials}
+    pruned = [t for t in jobs(study) if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned
+    assert all(t.params["x"] < 0 for t in pruned)
+    for trial in jobs(study):
+        config = by_number[trial.user_attrs[ATTR + "config"]]
+        if trial.user_attrs[ATTR + "rung"] > 0:
+            assert config.params["x"] >= 0
+    assert summary(study)["rungs"][0]["pruned"] == len(pruned)
+
+
+def test_nan_return_fails_and_is_never_promoted():
+    def objective(trial):
+        budgetsearch.trial_budget(trial)
+        x = trial.suggest_float("x", -2.0, 2.0)
+        return float("nan") if x < 0 else x * x
+
+    study = make_study()
+    study.optimize(objective)
+    failed = [t for t in jobs(study) if t.state == optuna.trial.TrialState.FAIL]
+    assert failed
+    failed_configs = {t.user_attrs[ATTR + "config"] for t in failed}
+    promoted_configs = {t.user_attrs[ATTR + "config"] for t in jobs(study) if t.user_attrs[ATTR + "rung"] > 0}
+    assert not failed_configs & promoted_configs
+
+
+def test_exception_fails_trial_for_good():
+    def objective(trial):
+        budgetsearch.trial_budget(trial)
+        x = trial.suggest_float("x", -2.0, 2.0)
+        if x > 1.0:
+            raise RuntimeError("diverged")
+        return x * x
+
+    study = make_study()
+    study.optimize(objective, catch=(RuntimeError,))
+    failed = [t for t in jobs(study) if t.state == optuna.trial.TrialState.FAIL]
+    assert failed
+    jobs_run = Counter((t.user_attrs[ATTR + "config"], t.user_attrs[ATTR + "rung"]) for t in jobs(study))
+    for trial in failed:
+        assert jobs_run[(trial.user_attrs[ATTR + "config"], trial.user_attrs[ATTR + "rung"])] == 1
+
+
+class _DelegatingPruner(optuna.pruners.BasePruner):
+    def __init__(self, inner):
+        self.inner = inner
+
+    def prune(self, study, trial):
+        return self.inner.prune(study, trial)
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.parametrize(
+    "pruner,prunes_on_first_report",
+    [
+        (lambda: _DelegatingPruner(BudgetPruner()), True),
+        # PatientPruner asks the wrapped pruner only after patience + 1 reports.
+        (lambda: optuna.pruners.PatientPruner(BudgetPruner(), patience=0), False),
+    ],
+    ids=["delegating", "patient"],
+)
+def test_wrapped_pruner(pruner, prunes_on_first_report):
+    def objective(trial):
+        budget = budgetsearch.trial_budget(trial)
+        x = trial.suggest_float("x", -2.0, 2.0)
+        trial.report(math.inf if x < -1.5 else x * x, step=budget)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+        return x * x
+
+    study = make_study(pruner=pruner())
+    assert not isinstance(study.pruner, BudgetPruner)
+    study.optimize(objective)
+    rungs = Counter(t.user_attrs[ATTR + "rung"] for t in jobs(study))
+    assert rungs[2] > 0
+    if prunes_on_first_report:
+        for trial in jobs(study):
+            if trial.params["x"] < -1.5:
+                assert trial.state == optuna.trial.TrialState.PRUNED
+
+
+_seen = []
+
+
+class _SpyTPE(optuna.samplers.TPESampler):
+    def sample_relative(self, study, trial, search_space):
+        _seen.append([(t.number, dict(t.user_attrs), t.state) for t in study._get_trials(deepcopy=False, use_cache=True)])
+        return super().sample_relative(study, trial, search_space)
+
+
+def test_base_sampler_sees_base_rung_only():
+    _seen.clear()
+    study = make_study(base_sampler=lambda seed: _SpyTPE(seed=seed), total_budget=300)
+    study.optimize(quadratic)
+    assert Counter(t.user_attrs[ATTR + "rung"] for t in jobs(study))[2] > 0
+    assert any(len(view) > 10 for view in _seen)
+    for view in _seen:
+        numbers = [number for number, _, _ in view]
+        assert len(numbers) == len(set(numbers))
+        for number, attrs, state in view:
+            assert attrs[ATTR + "rung"] == 0
+            assert attrs[ATTR + "config"] == number
+            assert state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+
+
+def test_base_sampler_seeded_per_trial():
+    def first_params(seed):
+        study = make_study(seed=seed, base_sampler="random", total_budget=20)
+        study.optimize(quadratic)
+        return [t.params for t in sorted(jobs(study), key=lambda t: t.number)]
+
+    assert first_params(5) == first_params(5)
+    assert first_params(5) != first_params(6)
+
+    # Two processes share a study: each has its own sampler object with the same seed.
+    storage = optuna.storages.InMemoryStorage()
+    samplers = [BudgetSampler(1, 9, 3, total_budget=40, seed=7, base_sampler="random") for _ in range(2)]
+    studies = [
+        optuna.create_study(study_name="shared", storage=storage, sampler=s, load_if_exists=True)
+        for s in samplers
+    ]
+    for _ in range(5):
+        for study in studies:
+            study.optimize(quadratic, n_trials=1)
+    xs = [t.params["x"] for t in studies[0].trials if t.user_attrs[ATTR + "rung"] == 0]
+    assert len(xs) == len(set(xs))
+
+
+def test_settings_mismatch_is_rejected():
+    storage = optuna.storages.InMemoryStorage()
+    first = optuna.create_study(study_name="s", storage=storage, sampler=BudgetSampler(1, 9, 3, seed=0))
+    first.optimize(quadratic, n_trials=2)
+    second = optuna.create_study(
+        study_name="s", storage=storage, sampler=BudgetSampler(1, 27, 3, seed=0), load_if_exists=True
+    )
+    with pytest.raises(budgetsearch.SettingsMismatchError, match="max_budget: stored 9, given 27"):
+        second.optimize(quadratic, n_trials=1)
+    assert len(first.trials) == 3
+
+
+def test_trial_budget_without_sampler():
+    study = optuna.create_study()
+    trial = study.ask()
+    with pytest.raises(ValueError, match="BudgetSampler"):
+        budgetsearch.trial_budget(trial)
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        (dict(min_budget=9, max_budget=9), "min_budget=9"),
+        (dict(reduction_factor=1), "reduction_factor=1"),
+        (dict(total_budget=0), "total_budget=0"),
+        (dict(schedule="triangle"), "schedule='triangle'"),
+        (dict(base_sampler="annealing"), "sampler='annealing'"),
+        (dict(budget_unit="tokens"), "budget_unit='tokens'"),
+    ],
+)
+def test_invalid_sampler_arguments(options, match):
+    with pytest.raises(ValueError, match=match):
+        make_study(**options)
