@@ -281,6 +281,7 @@ class BudgetSampler(BaseSampler):
                     study_name=study.study_name,
                     settings=settings.to_json(),
                     created_at=_now(),
+                    sequence=0,
                 )
             )
             return settings
@@ -322,7 +323,7 @@ class BudgetSampler(BaseSampler):
         study_id = study._study_id
 
         def claim(connection: sa.engine.Connection) -> Optional[Job]:
-            binding.database.lock_study(connection, study_id)
+            sequence = binding.database.next_sequence(connection, study_id)
             job = _decide(connection, study_id, settings)
             if job is None:
                 return None
@@ -345,6 +346,7 @@ class BudgetSampler(BaseSampler):
                     state=RUNNING,
                     worker=self._worker,
                     claimed_at=_now(),
+                    claimed_sequence=sequence,
                 )
             )
             return Job(
@@ -550,6 +552,7 @@ def record_result(
         claim_state, value = FAILED, None
 
     def update(connection: sa.engine.Connection) -> None:
+        sequence = database.next_sequence(connection, study_id)
         row = connection.execute(
             sa.select(claims_table.c.id, claims_table.c.budget, claims_table.c.start_step, claims_table.c.reserved)
             .where(claims_table.c.study_id == study_id)
@@ -565,7 +568,7 @@ def record_result(
         connection.execute(
             claims_table.update()
             .where(claims_table.c.id == row.id)
-            .values(state=claim_state, value=value, spent=spent, finished_at=_now())
+            .values(state=claim_state, value=value, spent=spent, finished_at=_now(), finished_sequence=sequence)
         )
 
     database.run(update)

@@ -47,6 +47,9 @@ studies_table = sa.Table(
     sa.Column("study_name", sa.String(512), nullable=False),
     sa.Column("settings", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    # Counts the study's locked transactions: claims and results get a number from it,
+    # which orders them exactly across processes whatever their clocks.
+    sa.Column("sequence", sa.Integer, nullable=False, default=0),
 )
 
 claims_table = sa.Table(
@@ -71,6 +74,8 @@ claims_table = sa.Table(
     sa.Column("worker", sa.String(128), nullable=True),
     sa.Column("claimed_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Column("claimed_sequence", sa.Integer, nullable=False),
+    sa.Column("finished_sequence", sa.Integer, nullable=True),
     sa.UniqueConstraint("study_id", "config", "rung", "attempt", name="uq_budgetsearch_job"),
     sa.Index("ix_budgetsearch_claims_study", "study_id"),
 )
@@ -135,6 +140,17 @@ class StudyDatabase:
         if connection.dialect.name in ("postgresql", "mysql", "mariadb"):
             query = query.with_for_update()
         return connection.execute(query).first()
+
+    def next_sequence(self, connection: Connection, study_id: int) -> int:
+        """Lock the study's row and return the next number of its sequence."""
+        row = self.lock_study(connection, study_id)
+        if row is None:
+            raise RuntimeError(f"study id {study_id} has no budgetsearch settings row.")
+        sequence = row.sequence + 1
+        connection.execute(
+            studies_table.update().where(studies_table.c.study_id == study_id).values(sequence=sequence)
+        )
+        return sequence
 
 
 def _is_transient(error: DBAPIError) -> bool:

@@ -355,11 +355,10 @@ def _limit_cpus() -> None:
     cores = {int(item) for item in text.split(",") if item}
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.set_num_threads(len(cores))
+    # torch reads OMP_NUM_THREADS when it starts; a torch already imported is set directly.
+    os.environ["OMP_NUM_THREADS"] = str(len(cores))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(len(cores))
 
 
 def command_worker(args: argparse.Namespace) -> int:

@@ -1,0 +1,49 @@
+import os
+import sys
+import uuid
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SYNTHETIC_STUDY = os.path.join(HERE, "studies", "synthetic.py")
+
+SERVER_VARIABLES = {
+    "postgresql": ("BUDGETSEARCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    "mysql": ("BUDGETSEARCH_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
+
+
+def server_url(backend):
+    """Return the test server URL for ``backend`` from its environment variable, or skip."""
+    variable, example = SERVER_VARIABLES[backend]
+    url = os.environ.get(variable)
+    if not url:
+        pytest.skip(f"{variable} is not set: set it to a {backend} database for tests, for example {example}")
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def storage_url(request, tmp_path):
+    """A storage URL on each database kind: a fresh SQLite file or a test server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    return server_url(request.param)
+
+
+@pytest.fixture
+def study_name():
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def cli_environment():
+    """Environment for budgetsearch subprocesses: the package importable from this checkout."""
+    environment = dict(os.environ)
+    root = os.path.dirname(HERE)
+    environment["PYTHONPATH"] = root + os.pathsep + environment.get("PYTHONPATH", "")
+    environment.pop("BUDGETSEARCH_STORAGE", None)
+    return environment
+
+
+def budgetsearch_command(*args):
+    return [sys.executable, "-m", "budgetsearch", *args]
