@@ -127,8 +127,6 @@ def next_job(
     candidate must fit the budget left under ``total_budget``; a candidate that does
     not fit is passed over for the next, smaller one.
     """
-    if n_trials is not None and len(claims) >= n_trials:
-        return None
     remaining = None if total_budget is None else total_budget - reserved_total(claims)
 
     def fits(reserved: int) -> bool:
@@ -137,6 +135,9 @@ def next_job(
     retry = _retry_job(claims, ladder, max_retries)
     if retry is not None and fits(retry.reserved):
         return retry
+    # A job is a (configuration, rung); its retries do not count as more jobs.
+    if n_trials is not None and len({(c.config, c.rung) for c in claims}) >= n_trials:
+        return None
 
     budgets = ladder.budgets
     eta = ladder.reduction_factor

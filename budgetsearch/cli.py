@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
 STORAGE_ENVIRONMENT_VARIABLE = "BUDGETSEARCH_STORAGE"
 CPUS_ENVIRONMENT_VARIABLE = "BUDGETSEARCH_CPUS"
@@ -81,7 +81,7 @@ def mask_url(url: str) -> str:
         return url
     if parsed.password is None:
         return url
-    return parsed.set(password="***").render_as_string(hide_password=False)
+    return parsed.render_as_string(hide_password=True)
 
 
 def _mask_in(text: str, url: str) -> str:
@@ -457,12 +457,19 @@ def _add_study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="log every job claimed and finished.")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: the problem and where help is."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="budgetsearch",
         description="Hyperparameter search under a fixed compute budget: budgeted trials with schedules fitted to each budget.",
     )
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = subparsers.add_parser("run", help="create or continue a study and run local worker processes on it.")
     _add_study_flags(run)
@@ -483,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=command_status)
 
     db = subparsers.add_parser("db", help="manage budgetsearch's tables in a study database.")
-    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
     upgrade = db_commands.add_parser("upgrade", help="create budgetsearch's tables or bring them to this version's schema.")
     _add_storage(upgrade)
     upgrade.set_defaults(handler=command_db)

@@ -1,0 +1,3 @@
+import budgetsearch
+
+DEFAULTS = budgetsearch.StudyDefaults(direction="minimize", min_budget=1, max_budget=9)

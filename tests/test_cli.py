@@ -1,0 +1,218 @@
+"""The command line as a user meets it: run, status, worker and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from conftest import HERE, SYNTHETIC_STUDY, budgetsearch_command
+
+FAULTY_STUDY = os.path.join(HERE, "studies", "faulty.py")
+
+
+def run_cli(environment, *args, timeout=300):
+    return subprocess.run(
+        budgetsearch_command(*args), env=environment, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'cli.db'}"
+
+
+@pytest.fixture(scope="module")
+def shared_url(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('shared') / 'cli.db'}"
+
+
+@pytest.fixture(scope="module")
+def finished_study(shared_url):
+    """A finished study "s" in shared_url; tests that use it must leave it unchanged."""
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.path.dirname(HERE) + os.pathsep + environment.get("PYTHONPATH", "")
+    result = run_cli(
+        environment, "run", SYNTHETIC_STUDY, "--storage", shared_url, "--study-name", "s",
+        "--workers", "2", "--total-budget", "120", "--seed", "0",
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def snapshot(url, name):
+    status = json.loads(
+        subprocess.run(
+            budgetsearch_command("status", "--storage", url, "--study-name", name, "--json"),
+            capture_output=True, text=True, check=True,
+        ).stdout
+    )
+    return status
+
+
+def test_run_then_status_json(finished_study, shared_url, cli_environment):
+    sqlite_url = shared_url
+    assert "\r" not in finished_study.stdout
+    assert "Best: loss" in finished_study.stdout
+    status = snapshot(sqlite_url, "s")
+    for key in (
+        "study_name", "direction", "budget_unit", "algorithm", "mode", "ladder", "total_budget",
+        "budget_reserved", "budget_spent", "trials", "rungs", "duplicate_jobs", "best",
+    ):
+        assert key in status
+    assert status["ladder"] == [1, 3, 9, 27]
+    assert status["budget_reserved"] <= 120
+    assert status["budget_spent"] == status["budget_reserved"]
+    assert status["duplicate_jobs"] == 0
+    assert status["trials"]["complete"] == sum(r["complete"] for r in status["rungs"])
+    assert sum(1 for r in status["rungs"] if r["complete"]) >= 3
+    best = status["best"]
+    top = max(r["rung"] for r in status["rungs"] if r["complete"])
+    assert best["rung"] == top
+    assert best["budget"] == status["ladder"][top]
+    assert set(best["params"]) == {"x", "y"}
+    text = run_cli(cli_environment, "status", "--storage", sqlite_url, "--study-name", "s")
+    assert text.returncode == 0
+    assert "promoted" in text.stdout
+
+
+def test_run_again_continues_study(finished_study, shared_url, cli_environment):
+    sqlite_url = shared_url
+    before = snapshot(sqlite_url, "s")
+    result = run_cli(cli_environment, "run", SYNTHETIC_STUDY, "--storage", sqlite_url, "--study-name", "s")
+    assert result.returncode == 0, result.stderr
+    after = snapshot(sqlite_url, "s")
+    # The stored total budget is spent, so nothing more runs.
+    assert after["budget_reserved"] == before["budget_reserved"]
+
+
+BAD_RUN_FLAGS = [
+    (["--min-budget", "27"], "min_budget=27"),
+    (["--min-budget", "30", "--max-budget", "27"], "min_budget=30"),
+    (["--reduction-factor", "1"], "'1'"),
+    (["--reduction-factor", "2.5"], "'2.5'"),
+    (["--total-budget", "0"], "'0'"),
+    (["--total-budget", "-5"], "'-5'"),
+    (["--max-budget", "1.5"], "'1.5'"),
+    (["--schedule", "triangle"], "'triangle'"),
+    (["--sampler", "annealing"], "'annealing'"),
+    (["--algorithm", "bohb"], "'bohb'"),
+    (["--max-budget", "81"], "max_budget: stored 27, given 81"),
+    (["--seed", "5"], "seed: stored 0, given 5"),
+]
+
+
+@pytest.mark.parametrize("flags,named", BAD_RUN_FLAGS, ids=[" ".join(f) for f, _ in BAD_RUN_FLAGS])
+def test_bad_flags_leave_study_untouched(finished_study, shared_url, cli_environment, flags, named):
+    sqlite_url = shared_url
+    before = snapshot(sqlite_url, "s")
+    result = run_cli(cli_environment, "run", SYNTHETIC_STUDY, "--storage", sqlite_url, "--study-name", "s", *flags)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert named in lines[0]
+    assert snapshot(sqlite_url, "s") == before
+
+
+@pytest.mark.parametrize(
+    "study_file,named",
+    [
+        (os.path.join(HERE, "studies", "no_defaults.py"), "no DEFAULTS"),
+        (os.path.join(HERE, "studies", "no_objective.py"), "no objective"),
+        ("missing_study.py", "'missing_study.py' not found"),
+    ],
+)
+def test_bad_study_file(study_file, named, sqlite_url, cli_environment):
+    result = run_cli(cli_environment, "run", study_file, "--storage", sqlite_url)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert named in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://tuner:s3cret-pw@127.0.0.1:9/test",
+        "mysql+pymysql://tuner:s3cret-pw@127.0.0.1:9/test",
+    ],
+)
+def test_unreachable_storage_masks_password(url, cli_environment):
+    result = run_cli(cli_environment, "run", SYNTHETIC_STUDY, "--storage", url, timeout=120)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "s3cret-pw" not in result.stderr
+    assert "tuner:***@127.0.0.1:9" in result.stderr
+
+
+def test_status_of_missing_study(sqlite_url, cli_environment):
+    result = run_cli(cli_environment, "status", "--storage", sqlite_url, "--study-name", "nope")
+    assert result.returncode == 2
+    assert "'nope' not found" in result.stderr
+
+
+def test_faulty_objective_fails_only_its_trial(sqlite_url, cli_environment):
+    result = run_cli(
+        cli_environment, "run", FAULTY_STUDY, "--storage", sqlite_url, "--study-name", "f", "--workers", "1", "--seed", "2"
+    )
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="f", storage=sqlite_url)
+    trials = [t for t in study.trials if "budgetsearch:config" in t.user_attrs]
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert {t.params["x"] < 0.45 for t in failed} == {True}
+    assert {t.params["x"] >= 0.45 for t in complete} == {True}
+    # Each kind of fault happened, and the single worker went on after each.
+    assert any(t.params["x"] < 0.15 for t in failed)
+    assert any(0.15 <= t.params["x"] < 0.3 for t in failed)
+    assert any(0.3 <= t.params["x"] < 0.45 for t in failed)
+    assert max(t.number for t in complete) > min(t.number for t in failed)
+    jobs = [(t.user_attrs["budgetsearch:config"], t.user_attrs["budgetsearch:rung"]) for t in trials]
+    assert len(jobs) == len(set(jobs))
+    status = snapshot(sqlite_url, "f")
+    assert status["budget_reserved"] <= 60
+    assert status["trials"]["fail"] == len(failed)
+    assert "diverged at x=" in result.stderr
+
+
+def test_sigterm_releases_job_to_next_attempt(sqlite_url, cli_environment):
+    cli_environment["FAULTY_SECONDS_PER_UNIT"] = "1.0"
+    create = run_cli(
+        cli_environment, "run", FAULTY_STUDY, "--storage", sqlite_url, "--study-name", "k", "--n-trials", "1",
+        "--timeout", "0.001",
+    )
+    assert create.returncode == 0, create.stderr
+    worker = subprocess.Popen(
+        budgetsearch_command("worker", FAULTY_STUDY, "--storage", sqlite_url, "--study-name", "k"),
+        env=cli_environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    study = optuna.load_study(study_name="k", storage=sqlite_url)
+    deadline = time.time() + 60
+    while not study.trials and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    worker.send_signal(signal.SIGTERM)
+    _, stderr = worker.communicate(timeout=60)
+    assert worker.returncode == 130
+    assert "next attempt" in stderr
+    first = study.trials[0]
+    assert first.state == optuna.trial.TrialState.FAIL
+
+    cli_environment["FAULTY_SECONDS_PER_UNIT"] = "0"
+    again = run_cli(cli_environment, "worker", FAULTY_STUDY, "--storage", sqlite_url, "--study-name", "k")
+    assert again.returncode == 0, again.stderr
+    retried = [t for t in study.trials if t.number != first.number and "budgetsearch:config" in t.user_attrs]
+    assert len(retried) == 1
+    assert retried[0].user_attrs["budgetsearch:config"] == first.user_attrs["budgetsearch:config"]
+    assert retried[0].user_attrs["budgetsearch:attempt"] == 1
+    assert retried[0].params == first.params
+
+
+def test_help_of_every_command(cli_environment):
+    for command in ([], ["run"], ["worker"], ["status"], ["db"], ["db", "upgrade"]):
+        result = run_cli(cli_environment, *command, "--help")
+        assert result.returncode == 0
+        assert "usage: budgetsearch" in result.stdout
