@@ -17,6 +17,8 @@ def server_url(backend):
     """Return the test server URL for ``backend`` from its environment variable, or skip."""
     variable, example = SERVER_VARIABLES[backend]
     url = os.environ.get(variable)
+    if not url and os.environ.get("BUDGETSEARCH_REQUIRE_SERVERS"):
+        pytest.fail(f"{variable} is not set but BUDGETSEARCH_REQUIRE_SERVERS is: set it to a {backend} database, for example {example}")
     if not url:
         pytest.skip(f"{variable} is not set: set it to a {backend} database for tests, for example {example}")
     return url
