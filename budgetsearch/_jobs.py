@@ -122,8 +122,8 @@ def next_job(
 ) -> Optional[Job]:
     """Decide the next job, or ``None`` when no job fits the study's limits.
 
-    Order: a lost job's next attempt; then the best promotable configuration from the
-    rung below the top down to rung 0; then a new configuration at rung 0. Each
+    The order is: a lost job's next attempt, then the best promotable configuration
+    from the rung below the top down to rung 0, then a new configuration at rung 0. Each
     candidate must fit the budget left under ``total_budget``; a candidate that does
     not fit is passed over for the next, smaller one.
     """

@@ -40,8 +40,8 @@ class NoJobError(optuna.TrialPruned):
     """No job fits the study's remaining total budget or trial limit.
 
     It subclasses ``optuna.TrialPruned`` so that ``study.optimize`` ends the jobless
-    trial as pruned and stops without an error; the trial carries the system
-    attribute ``budgetsearch:no_job`` and counts in no rung.
+    trial as pruned and stops without an error. The trial has the system attribute
+    ``budgetsearch:no_job`` and counts in no rung.
     """
 
 
@@ -137,11 +137,12 @@ class BudgetSampler(BaseSampler):
     """An Optuna sampler that gives each trial a budget from a successive-halving ladder.
 
     Before each trial starts, the sampler claims a job for it in budgetsearch's claims
-    table, in one transaction under a per-study lock: the next attempt of a job whose
-    worker was lost, else the best promotable configuration from the highest rung
-    down (one among the best ``n // reduction_factor`` finished trials of its rung,
-    not yet claimed one rung up), else a new configuration at rung 0. Each candidate
-    must fit the total budget left. A promoted trial replays its configuration's
+    table, in one transaction under a per-study lock. The job is the next attempt of
+    a job whose worker was lost, else the best promotable configuration from the
+    highest rung down, else a new configuration at rung 0. A configuration is
+    promotable when it is among the best ``n // reduction_factor`` of the n finished
+    trials of its rung and not yet claimed one rung up. Each candidate must fit the
+    total budget left. A promoted trial replays its configuration's
     parameters exactly; a new configuration comes from the base sampler, which sees
     the finished rung-0 trials only, each configuration once, and is seeded from the
     study's seed and the trial number so that worker processes draw different points.
@@ -258,21 +259,21 @@ class BudgetSampler(BaseSampler):
         direction = "maximize" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "minimize"
         if study._is_multi_objective():
             raise ValueError("budgetsearch supports single-objective studies only.")
-        wanted = self._wanted_settings(direction)
+        requested = self._requested_settings(direction)
 
         def bind(connection: sa.engine.Connection) -> StudySettings:
             row = database.lock_study(connection, study_id)
             if row is not None:
                 stored = StudySettings.from_json(row.settings)
-                if wanted is not None:
-                    check_settings_match(stored, wanted, study.study_name)
+                if requested is not None:
+                    check_settings_match(stored, requested, study.study_name)
                 return stored
-            if wanted is None:
+            if requested is None:
                 raise ValueError(
                     f"study {study.study_name!r} has no budgetsearch settings stored: create it "
                     "with `budgetsearch run` or a BudgetSampler given its budgets."
                 )
-            settings = wanted
+            settings = requested
             if settings.seed is None:
                 settings = dataclasses.replace(settings, seed=_fresh_seed())
             connection.execute(
@@ -297,7 +298,7 @@ class BudgetSampler(BaseSampler):
             self._bindings.setdefault(study_id, binding)
             return self._bindings[study_id]
 
-    def _wanted_settings(self, direction: str) -> Optional[StudySettings]:
+    def _requested_settings(self, direction: str) -> Optional[StudySettings]:
         if self._use_stored:
             return None
         if self._given_settings is not None:
@@ -574,10 +575,10 @@ def record_result(
     database.run(update)
 
 
-def check_settings_match(stored: StudySettings, wanted: StudySettings, study_name: str) -> None:
-    """Raise SettingsMismatchError naming each setting of ``wanted`` that contradicts ``stored``."""
-    differences = stored.differences(wanted)
-    if wanted.seed is None:
+def check_settings_match(stored: StudySettings, requested: StudySettings, study_name: str) -> None:
+    """Raise SettingsMismatchError naming each setting of ``requested`` that contradicts ``stored``."""
+    differences = stored.differences(requested)
+    if requested.seed is None:
         differences.pop("seed", None)
     if differences:
         listed = "; ".join(f"{name}: stored {a!r}, given {b!r}" for name, (a, b) in sorted(differences.items()))

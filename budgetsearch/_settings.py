@@ -112,7 +112,7 @@ class StudySettings:
 
 @dataclass(frozen=True)
 class StudyDefaults:
-    """What a study file declares about its study; command-line flags override it.
+    """Defaults that a study file declares for its study; command-line flags override them.
 
     Example of a study file's declaration::
 

@@ -84,7 +84,7 @@ T = TypeVar("T")
 
 
 class SchemaVersionError(RuntimeError):
-    """The database holds budgetsearch tables of another schema version."""
+    """The budgetsearch tables in the database have another schema version."""
 
 
 class StudyDatabase:

@@ -28,7 +28,7 @@ class WorkerStopped(BaseException):
 
 @dataclass
 class WorkerReport:
-    """What one worker did: trials it ran, by outcome."""
+    """Counts of the trials one worker ran, by outcome."""
 
     complete: int = 0
     pruned: int = 0

@@ -193,8 +193,8 @@ def open_study(args: argparse.Namespace, study_file: Any) -> Any:
                 "budgetsearch; pick another --study-name."
             )
         try:
-            wanted = dataclasses.replace(stored, **explicit)
-            check_settings_match(stored, wanted, study_name)
+            requested = dataclasses.replace(stored, **explicit)
+            check_settings_match(stored, requested, study_name)
         except ValueError as error:
             raise UsageError(str(error)) from None
         return existing, stored

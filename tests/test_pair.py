@@ -184,7 +184,7 @@ class _DelegatingPruner(optuna.pruners.BasePruner):
     "pruner,prunes_on_first_report",
     [
         (lambda: _DelegatingPruner(BudgetPruner()), True),
-        # PatientPruner asks the wrapped pruner only after patience + 1 reports.
+        # PatientPruner calls the wrapped pruner only after patience + 1 reports.
         (lambda: optuna.pruners.PatientPruner(BudgetPruner(), patience=0), False),
     ],
     ids=["delegating", "patient"],
