@@ -405,8 +405,8 @@ class BudgetSampler(BaseSampler):
         with self._lock:
             binding.plans[trial._trial_id] = plan
         logger.info(
-            "Trial %d claimed configuration %d at rung %d (budget %d, attempt %d).",
-            trial.number, job.config, job.rung, job.budget, job.attempt,
+            "Worker %s: trial %d claimed configuration %d at rung %d (budget %d, attempt %d).",
+            self._worker, trial.number, job.config, job.rung, job.budget, job.attempt,
         )
 
     def _plan(self, study: Study, trial: FrozenTrial) -> Optional[_TrialPlan]:
@@ -415,6 +415,7 @@ class BudgetSampler(BaseSampler):
             plan = binding.plans.get(trial._trial_id)
         if plan is not None:
             return plan
+
         # The trial was claimed by another process or sampler object: rebuild its plan.
         attrs = study._storage.get_trial_user_attrs(trial._trial_id)
         if _attrs.CONFIG not in attrs:
@@ -429,6 +430,7 @@ class BudgetSampler(BaseSampler):
             reserved=attrs[_attrs.BUDGET],
             parent=attrs.get(_attrs.PARENT),
         )
+
         plan = _TrialPlan(job=job, config=config)
         if config != trial.number:
             config_trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, config)

@@ -65,6 +65,7 @@ class StudySettings:
         _check_choice("schedule", self.schedule, SCHEDULE_NAMES)
         # "custom" records that the study's sampler was passed as an object.
         _check_choice("sampler", self.sampler, SAMPLERS + ("custom",))
+
         ladder = self.ladder
         _check_optional_positive_int("total_budget", self.total_budget)
         _check_optional_positive_int("n_trials", self.n_trials)
@@ -80,6 +81,7 @@ class StudySettings:
                 f"warmup={self.warmup} is invalid: it must be below min_budget={ladder.min_budget}, "
                 "so that every trial's schedule can decay after its warm-up."
             )
+
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"seed={self.seed!r} is invalid: it must be an integer or unset.")
         retries = self.max_retries

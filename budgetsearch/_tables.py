@@ -102,7 +102,13 @@ class StudyDatabase:
             row = connection.execute(sa.select(schema_table.c.version)).first()
             if row is None:
                 connection.execute(schema_table.insert().values(id=1, version=SCHEMA_VERSION))
-            elif row.version != SCHEMA_VERSION:
+            elif row.version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"The budgetsearch tables in this database have schema version {row.version}, "
+                    f"newer than version {SCHEMA_VERSION} of this budgetsearch {_package_version()}: "
+                    "upgrade budgetsearch to use this database."
+                )
+            elif row.version < SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"The budgetsearch tables in this database have schema version {row.version}, "
                     f"but this budgetsearch uses version {SCHEMA_VERSION}. "
@@ -151,6 +157,12 @@ class StudyDatabase:
             studies_table.update().where(studies_table.c.study_id == study_id).values(sequence=sequence)
         )
         return sequence
+
+
+def _package_version() -> str:
+    from budgetsearch import __version__
+
+    return __version__
 
 
 def _is_transient(error: DBAPIError) -> bool:

@@ -65,6 +65,8 @@ class _SignalStop:
             raise WorkerStopped(signal.Signals(signum).name)
 
 
+# NOTE: a worker killed with SIGKILL, or whose machine dies, leaves its trial RUNNING
+# and its claim unfinished; no heartbeat fails such a trial or releases its job yet.
 def run_worker(
     study_name: str,
     storage: Any,

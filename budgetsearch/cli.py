@@ -278,6 +278,8 @@ def command_run(args: argparse.Namespace) -> int:
     interactive = sys.stdout.isatty()
     started = time.time()
     stopping = False
+    # SIGTERM stops the workers like Ctrl-C does, so that none is left running alone.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while any(process.poll() is None for process in processes):
             if interactive:
