@@ -70,6 +70,44 @@ def rank(claims: Iterable[Claim], direction: str) -> List[Claim]:
     return complete + pruned
 
 
+def bracket_sizes(ladder: Ladder) -> List[int]:
+    """Return the number of configurations Hyperband's schedule starts in each bracket.
+
+    Bracket b starts at rung b, so its configurations can move up K - b times. As in
+    Hyperband (Li et al., JMLR 2018), it starts ``ceil((K + 1) / (K - b + 1) * eta**(K - b))``
+    configurations, computed here with integers.
+
+    Example:
+        >>> bracket_sizes(Ladder(1, 27, 3))
+        [27, 12, 6, 4]
+    """
+    top = ladder.top_rung
+    eta = ladder.reduction_factor
+    sizes = []
+    for bracket in range(top + 1):
+        halvings = top - bracket
+        numerator = (top + 1) * eta**halvings
+        sizes.append((numerator + halvings) // (halvings + 1))
+    return sizes
+
+
+def brackets_by_deficit(claims: Sequence[Claim], sizes: Sequence[int]) -> List[int]:
+    """Order the brackets for the next new configuration: the one furthest below its share first.
+
+    Bracket b's share of the C + 1 configurations, counting the next one, is
+    ``(C + 1) * sizes[b] / sum(sizes)``. The deficit is that share minus the
+    configurations the bracket has claimed, compared with integers and with ties going to
+    the lower bracket, so every process orders the brackets the same way.
+    """
+    started = [0] * len(sizes)
+    for claim in claims:
+        if claim.rung == claim.bracket and claim.attempt == 0:
+            started[claim.bracket] += 1
+    total = sum(started) + 1
+    weight = sum(sizes)
+    return sorted(range(len(sizes)), key=lambda b: (started[b] * weight - total * sizes[b], b))
+
+
 def promotable(claims: Sequence[Claim], rung: int, direction: str, eta: int) -> List[Claim]:
     """Return the claims at ``rung`` whose configuration may move up, best first.
 
@@ -116,6 +154,7 @@ def next_job(
     ladder: Ladder,
     direction: str,
     *,
+    algorithm: str = "asha",
     total_budget: Optional[int] = None,
     n_trials: Optional[int] = None,
     max_retries: int = 0,
@@ -123,9 +162,14 @@ def next_job(
     """Decide the next job, or ``None`` when no job fits the study's limits.
 
     The order is: a lost job's next attempt, then the best promotable configuration
-    from the rung below the top down to rung 0, then a new configuration at rung 0. Each
-    candidate must fit the budget left under ``total_budget``; a candidate that does
-    not fit is passed over for the next, smaller one.
+    from the rung below the top down to rung 0, then a new configuration at the base
+    rung of a bracket. Rankings and promotions stay within a bracket. Each candidate
+    must fit the budget left under ``total_budget``, and a candidate that does not fit
+    is passed over for the next, smaller one.
+
+    ``algorithm`` is ``"asha"`` (one bracket, starting at rung 0), ``"hyperband"``
+    (brackets 0 to K, new configurations spread by :func:`brackets_by_deficit`) or
+    ``"fixed"`` (every configuration in bracket K, at the top budget, never promoted).
     """
     remaining = None if total_budget is None else total_budget - reserved_total(claims)
 
@@ -141,14 +185,30 @@ def next_job(
 
     budgets = ladder.budgets
     eta = ladder.reduction_factor
-    for rung in range(ladder.top_rung - 1, -1, -1):
-        candidates = promotable(claims, rung, direction, eta)
-        if not candidates:
-            continue
+    top = ladder.top_rung
+    if algorithm == "fixed":
+        new_brackets = [top]
+    elif algorithm == "hyperband":
+        new_brackets = brackets_by_deficit(claims, bracket_sizes(ladder))
+    else:
+        new_brackets = [0]
+
+    by_bracket: Dict[int, List[Claim]] = {}
+    for claim in claims:
+        by_bracket.setdefault(claim.bracket, []).append(claim)
+    # In "fixed" every configuration starts at the top rung, so nothing moves up.
+    promotion_rungs = [] if algorithm == "fixed" else range(top - 1, -1, -1)
+    for rung in promotion_rungs:
         budget = budgets[rung + 1]
         if not fits(budget):
             continue
-        best = candidates[0]
+        candidates = []
+        for bracket in sorted(by_bracket):
+            if bracket <= rung:
+                candidates += promotable(by_bracket[bracket], rung, direction, eta)[:1]
+        if not candidates:
+            continue
+        best = rank(candidates, direction)[0]
         return Job(
             config=best.config,
             rung=rung + 1,
@@ -160,6 +220,17 @@ def next_job(
             config_trial_id=best.config_trial_id,
         )
 
-    if fits(budgets[0]):
-        return Job(config=None, rung=0, attempt=0, bracket=0, budget=budgets[0], reserved=budgets[0])
+    # The bracket furthest below its share comes first. When its base budget does not
+    # fit, the next bracket that fits takes the configuration, so a study spends
+    # its last budget on smaller jobs before it stops.
+    for bracket in new_brackets:
+        if fits(budgets[bracket]):
+            return Job(
+                config=None,
+                rung=bracket,
+                attempt=0,
+                bracket=bracket,
+                budget=budgets[bracket],
+                reserved=budgets[bracket],
+            )
     return None

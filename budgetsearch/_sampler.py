@@ -529,6 +529,7 @@ def _decide(connection: sa.engine.Connection, study_id: int, settings: StudySett
         settings.ladder,
         settings.direction,
         total_budget=settings.total_budget,
+        algorithm=settings.algorithm,
         n_trials=settings.n_trials,
         max_retries=settings.max_retries,
     )

@@ -12,7 +12,7 @@ from budgetsearch._ladder import Ladder
 
 DIRECTIONS = ("maximize", "minimize")
 BUDGET_UNITS = ("steps", "epochs", "seconds")
-ALGORITHMS = ("asha",)
+ALGORITHMS = ("asha", "hyperband", "fixed")
 MODES = ("restart",)
 SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc")
 # Kept equal to budgetsearch.schedules.SCHEDULES; checked by a test.

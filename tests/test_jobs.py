@@ -1,7 +1,20 @@
 """The promotion rule, decided from claims alone."""
 
 from budgetsearch import Ladder
-from budgetsearch._jobs import COMPLETE, FAILED, LOST, PRUNED, RUNNING, Claim, next_job, promotable, rank
+from collections import Counter
+
+from budgetsearch._jobs import (
+    COMPLETE,
+    FAILED,
+    LOST,
+    PRUNED,
+    RUNNING,
+    Claim,
+    bracket_sizes,
+    next_job,
+    promotable,
+    rank,
+)
 
 LADDER = Ladder(1, 9, 3)  # budgets 1, 3, 9
 
@@ -97,3 +110,61 @@ def test_lost_job_runs_again_up_to_max_retries():
     claims.append(claim(4, LOST, rung=1, config=0, attempt=1))
     job = next_job(claims, LADDER, "minimize", max_retries=1)
     assert job.config is None
+
+
+def test_bracket_sizes_follow_hyperband():
+    assert bracket_sizes(Ladder(1, 27, 3)) == [27, 12, 6, 4]
+    assert bracket_sizes(Ladder(1, 81, 3)) == [81, 34, 15, 8, 5]
+    assert bracket_sizes(Ladder(250, 6000, 3)) == [27, 12, 6, 4]
+    assert bracket_sizes(Ladder(1, 2, 2)) == [2, 2]
+
+
+def test_hyperband_spreads_new_configurations():
+    ladder = Ladder(1, 27, 3)
+    sizes = bracket_sizes(ladder)
+    claims = []
+    for number in range(490):
+        job = next_job(claims, ladder, "minimize", algorithm="hyperband")
+        assert job.config is None or job.rung > job.bracket
+        # Every job fails, so nothing is promoted and each claim starts a configuration.
+        claims.append(
+            Claim(
+                config=number, rung=job.rung, attempt=0, bracket=job.bracket, budget=job.budget,
+                reserved=job.reserved, trial_number=number, config_trial_id=number, state=FAILED,
+            )
+        )
+        assert job.rung == job.bracket
+    counts = Counter(c.bracket for c in claims)
+    for bracket, size in enumerate(sizes):
+        expected = 490 * size / sum(sizes)
+        assert abs(counts[bracket] - expected) <= 1
+
+
+def test_hyperband_ranks_within_bracket():
+    ladder = Ladder(1, 9, 3)
+    claims = []
+    # Bracket 0 at rung 1 has three results; bracket 1 has three results at rung 1 too, all better.
+    for number, (bracket, value) in enumerate([(0, 5.0), (0, 6.0), (0, 7.0), (1, 1.0), (1, 2.0), (1, 3.0)]):
+        claims.append(
+            Claim(
+                config=number, rung=1, attempt=0, bracket=bracket, budget=3, reserved=3,
+                trial_number=number, config_trial_id=number, state=COMPLETE, value=value,
+            )
+        )
+    first = next_job(claims, ladder, "minimize", algorithm="hyperband")
+    assert (first.config, first.rung, first.bracket) == (3, 2, 1)
+    claims.append(
+        Claim(
+            config=3, rung=2, attempt=0, bracket=1, budget=9, reserved=9,
+            trial_number=6, config_trial_id=3, state=RUNNING,
+        )
+    )
+    second = next_job(claims, ladder, "minimize", algorithm="hyperband")
+    # Bracket 0's best moves up although bracket 1's second result is better.
+    assert (second.config, second.rung, second.bracket) == (0, 2, 0)
+
+
+def test_fixed_runs_every_configuration_at_top_budget():
+    claims = [claim(n, value=float(n)) for n in range(9)]
+    job = next_job(claims, LADDER, "minimize", algorithm="fixed")
+    assert (job.config, job.rung, job.bracket, job.budget) == (None, 2, 2, 9)
