@@ -51,6 +51,8 @@ class _TrialPlan:
     config: int
     replay: Optional[FrozenTrial] = None
     base_sampler: Optional[BaseSampler] = None
+    # The rung whose results the base sampler learns from.
+    model_rung: int = 0
 
 
 @dataclass
@@ -58,6 +60,7 @@ class _Binding:
     database: StudyDatabase
     settings: StudySettings
     plans: Dict[int, _TrialPlan] = field(default_factory=dict)
+    parameter_count: Optional[int] = None
 
 
 def _derive_seed(study_seed: int, trial_number: int) -> int:
@@ -105,7 +108,12 @@ def make_base_sampler(spec: BaseSamplerSpec, seed: int) -> BaseSampler:
 
 
 class _RungStudy(Study):
-    """A view of a study that shows the base sampler the trials of one rung only."""
+    """A view of a study that shows the base sampler the results of one rung only.
+
+    It contains the complete trials of that rung, one per configuration, and the
+    running trials that started a new configuration, which samplers with a
+    constant liar use to avoid proposing the same point twice.
+    """
 
     def __init__(self, study: Study, rung: int, sampler: BaseSampler) -> None:  # noqa: D107
         # No Study.__init__: the view shares the original's storage, id and caches.
@@ -116,10 +124,8 @@ class _RungStudy(Study):
 
     def _keep(self, trial: FrozenTrial) -> bool:
         attrs = trial.user_attrs
-        if attrs.get(_attrs.RUNG) != self._rung:
-            return False
         if trial.state == TrialState.COMPLETE:
-            return True
+            return attrs.get(_attrs.RUNG) == self._rung
         return trial.state == TrialState.RUNNING and attrs.get(_attrs.CONFIG) == trial.number
 
     def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list:
@@ -142,10 +148,12 @@ class BudgetSampler(BaseSampler):
     highest rung down, else a new configuration at rung 0. A configuration is
     promotable when it is among the best ``n // reduction_factor`` of the n finished
     trials of its rung and not yet claimed one rung up. Each candidate must fit the
-    total budget left. A promoted trial replays its configuration's
-    parameters exactly; a new configuration comes from the base sampler, which sees
-    the finished rung-0 trials only, each configuration once, and is seeded from the
-    study's seed and the trial number so that worker processes draw different points.
+    total budget left. A promoted trial replays its configuration's parameters
+    exactly. A new configuration comes from the base sampler, which sees the results
+    of one rung only, each configuration once: the largest rung with at least
+    ``n_min`` results, or rung 0 before any rung has that many. The base sampler is
+    seeded from the study's seed and the trial number, so worker processes draw
+    different points.
 
     The trial's job is written to its user attributes (``budgetsearch:budget``,
     ``budgetsearch:rung``, ``budgetsearch:config``, ...); the objective reads them with
@@ -175,6 +183,8 @@ class BudgetSampler(BaseSampler):
             function from a seed to a sampler.
         seed: The study's seed; ``None`` draws one when the study is created.
         max_retries: How many times a job whose worker was lost runs again.
+        n_min: The base sampler learns from the largest rung with at least this many
+            results; ``None`` means the number of parameters plus one.
         settings: Resolved :class:`StudySettings`; replaces the arguments above.
         use_stored_settings: Take the settings stored with the study, whatever they
             are (how workers join a study); the arguments above are then ignored.
@@ -198,6 +208,7 @@ class BudgetSampler(BaseSampler):
         base_sampler: BaseSamplerSpec = "tpe",
         seed: Optional[int] = None,
         max_retries: int = 2,
+        n_min: Optional[int] = None,
         settings: Optional[StudySettings] = None,
         use_stored_settings: bool = False,
     ) -> None:
@@ -234,6 +245,7 @@ class BudgetSampler(BaseSampler):
                 sampler=sampler_name,
                 seed=seed,
                 max_retries=max_retries,
+                n_min=n_min,
             )
             # Validate now, so that bad arguments fail before any study is touched.
             StudySettings(direction="minimize", **self._requested)
@@ -398,10 +410,7 @@ class BudgetSampler(BaseSampler):
         if job.config != trial.number:
             plan.replay = storage.get_trial(job.config_trial_id)
         else:
-            plan.base_sampler = make_base_sampler(
-                self._base_spec,
-                settings.seed if self._base_spec == "qmc" else _derive_seed(settings.seed, trial.number),
-            )
+            self._prepare_new_configuration(binding, study, trial, plan)
         with self._lock:
             binding.plans[trial._trial_id] = plan
         logger.info(
@@ -436,13 +445,26 @@ class BudgetSampler(BaseSampler):
             config_trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, config)
             plan.replay = study._storage.get_trial(config_trial_id)
         else:
-            seed = binding.settings.seed
-            plan.base_sampler = make_base_sampler(
-                self._base_spec, seed if self._base_spec == "qmc" else _derive_seed(seed, trial.number)
-            )
+            self._prepare_new_configuration(binding, study, trial, plan)
         with self._lock:
             binding.plans[trial._trial_id] = plan
         return plan
+
+    def _prepare_new_configuration(
+        self, binding: _Binding, study: Study, trial: FrozenTrial, plan: _TrialPlan
+    ) -> None:
+        """Seed a base sampler for this trial and pick the rung it learns from."""
+        seed = binding.settings.seed
+        plan.base_sampler = make_base_sampler(
+            self._base_spec, seed if self._base_spec == "qmc" else _derive_seed(seed, trial.number)
+        )
+        results = _results_per_rung(binding.database, study._study_id)
+        n_min = binding.settings.n_min
+        if n_min is None:
+            if binding.parameter_count is None and results:
+                binding.parameter_count = _parameter_count(binding.database, study)
+            n_min = (binding.parameter_count or 0) + 1
+        plan.model_rung = max((rung for rung, count in results.items() if count >= n_min), default=0)
 
     # -- parameters ------------------------------------------------------------------
 
@@ -450,7 +472,7 @@ class BudgetSampler(BaseSampler):
         plan = self._plan(study, trial)
         if plan is None or plan.base_sampler is None:
             return {}
-        return plan.base_sampler.infer_relative_search_space(_RungStudy(study, 0, plan.base_sampler), trial)
+        return plan.base_sampler.infer_relative_search_space(_RungStudy(study, plan.model_rung, plan.base_sampler), trial)
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: Dict[str, BaseDistribution]
@@ -458,7 +480,7 @@ class BudgetSampler(BaseSampler):
         plan = self._plan(study, trial)
         if plan is None or plan.base_sampler is None or not search_space:
             return {}
-        return plan.base_sampler.sample_relative(_RungStudy(study, 0, plan.base_sampler), trial, search_space)
+        return plan.base_sampler.sample_relative(_RungStudy(study, plan.model_rung, plan.base_sampler), trial, search_space)
 
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
@@ -469,7 +491,7 @@ class BudgetSampler(BaseSampler):
         if plan.replay is not None:
             return _replayed_value(plan, trial, param_name, param_distribution)
         assert plan.base_sampler is not None
-        view = _RungStudy(study, 0, plan.base_sampler)
+        view = _RungStudy(study, plan.model_rung, plan.base_sampler)
         return plan.base_sampler.sample_independent(view, trial, param_name, param_distribution)
 
     # -- results ---------------------------------------------------------------------
@@ -481,7 +503,7 @@ class BudgetSampler(BaseSampler):
         with self._lock:
             plan = binding.plans.pop(trial._trial_id, None)
         if plan is not None and plan.base_sampler is not None:
-            plan.base_sampler.after_trial(_RungStudy(study, 0, plan.base_sampler), trial, state, values)
+            plan.base_sampler.after_trial(_RungStudy(study, plan.model_rung, plan.base_sampler), trial, state, values)
         record_result(binding.database, study._study_id, trial, state, values)
 
     def reseed_rng(self) -> None:
@@ -505,6 +527,38 @@ def _replayed_value(plan: _TrialPlan, trial: FrozenTrial, name: str, distributio
             f"{plan.config} was sampled with {stored}: keep the search space unchanged within a study."
         )
     return replay.params[name]
+
+
+def _results_per_rung(database: StudyDatabase, study_id: int) -> Dict[int, int]:
+    """Return the number of complete results at each rung of the study."""
+
+    def count(connection: sa.engine.Connection) -> Dict[int, int]:
+        rows = connection.execute(
+            sa.select(claims_table.c.rung, sa.func.count())
+            .where(claims_table.c.study_id == study_id)
+            .where(claims_table.c.state == COMPLETE)
+            .group_by(claims_table.c.rung)
+        ).all()
+        return {int(rung): int(number) for rung, number in rows}
+
+    return database.run(count)
+
+
+def _parameter_count(database: StudyDatabase, study: Study) -> Optional[int]:
+    """Return the number of parameters of a configuration with a complete result."""
+
+    def first(connection: sa.engine.Connection) -> Optional[int]:
+        return connection.execute(
+            sa.select(claims_table.c.config_trial_id)
+            .where(claims_table.c.study_id == study._study_id)
+            .where(claims_table.c.state == COMPLETE)
+            .limit(1)
+        ).scalar()
+
+    trial_id = database.run(first)
+    if trial_id is None:
+        return None
+    return len(study._storage.get_trial(trial_id).distributions)
 
 
 def _decide(connection: sa.engine.Connection, study_id: int, settings: StudySettings) -> Optional[Job]:

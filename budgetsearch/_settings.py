@@ -37,7 +37,9 @@ class StudySettings:
 
     Budgets are integers in ``budget_unit``. ``total_budget`` limits the sum of the
     budgets that trials reserve; ``n_trials`` limits the number of jobs in the whole
-    study. Either may be ``None`` (no limit).
+    study. Either may be ``None`` (no limit). The base sampler learns from the
+    largest rung with at least ``n_min`` results (``None``: the number of
+    parameters plus one), or from rung 0 before any rung has that many.
     """
 
     direction: str
@@ -56,6 +58,7 @@ class StudySettings:
     seed: Optional[int] = None
     max_retries: int = 2
     metric: str = "value"
+    n_min: Optional[int] = None
 
     def __post_init__(self) -> None:
         _check_choice("direction", self.direction, DIRECTIONS)
@@ -69,6 +72,7 @@ class StudySettings:
         ladder = self.ladder
         _check_optional_positive_int("total_budget", self.total_budget)
         _check_optional_positive_int("n_trials", self.n_trials)
+        _check_optional_positive_int("n_min", self.n_min)
         if self.total_budget is not None and self.total_budget < ladder.min_budget:
             raise ValueError(
                 f"total_budget={self.total_budget} is invalid: it is below "
@@ -144,6 +148,7 @@ class StudyDefaults:
     seed: Optional[int] = None
     max_retries: int = 2
     metric: str = "value"
+    n_min: Optional[int] = None
     timeout: Optional[float] = None
 
     def __post_init__(self) -> None:
