@@ -10,6 +10,7 @@ from budgetsearch._jobs import Job
 from budgetsearch._ladder import Ladder
 from budgetsearch._objective import schedule_for, trial_budget, trial_device
 from budgetsearch._pruner import BudgetPruner
+from budgetsearch._resume import CheckpointError, NoBudgetForRestartError, ResumePoint, resume_for
 from budgetsearch._sampler import BudgetSampler, NoJobError, SettingsMismatchError
 from budgetsearch._settings import StudyDefaults, StudySettings
 from budgetsearch._tables import SchemaVersionError
@@ -19,13 +20,17 @@ __version__ = "0.1.0"
 __all__ = [
     "BudgetPruner",
     "BudgetSampler",
+    "CheckpointError",
     "Job",
     "Ladder",
+    "NoBudgetForRestartError",
     "NoJobError",
+    "ResumePoint",
     "SchemaVersionError",
     "SettingsMismatchError",
     "StudyDefaults",
     "StudySettings",
+    "resume_for",
     "schedule_for",
     "trial_budget",
     "trial_device",

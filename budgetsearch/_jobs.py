@@ -7,7 +7,7 @@ so every process that reads the same rows reaches the same decision.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from budgetsearch._ladder import Ladder
 
@@ -36,6 +36,7 @@ class Claim:
     state: str
     value: Optional[float] = None
     parent: Optional[int] = None
+    start_step: int = 0
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class Job:
     """A job to claim: one configuration at one rung, with its budget and reservation.
 
     ``config`` is ``None`` for a new configuration, whose id becomes the number of the
-    trial that claims it.
+    trial that claims it. ``start_step`` is where training starts: 0, or in resume
+    mode the parent's trunk step, and ``reserved`` is ``budget - start_step``.
     """
 
     config: Optional[int]
@@ -54,6 +56,7 @@ class Job:
     reserved: int
     parent: Optional[int] = None
     config_trial_id: Optional[int] = None
+    start_step: int = 0
 
 
 def rank(claims: Iterable[Claim], direction: str) -> List[Claim]:
@@ -139,9 +142,10 @@ def _retry_job(claims: Sequence[Claim], ladder: Ladder, max_retries: int) -> Opt
         attempt=claim.attempt + 1,
         bracket=claim.bracket,
         budget=claim.budget,
-        reserved=claim.budget,
+        reserved=claim.budget - claim.start_step,
         parent=claim.parent,
         config_trial_id=claim.config_trial_id,
+        start_step=claim.start_step,
     )
 
 
@@ -158,6 +162,7 @@ def next_job(
     total_budget: Optional[int] = None,
     n_trials: Optional[int] = None,
     max_retries: int = 0,
+    trunk: Optional[Callable[[int], int]] = None,
 ) -> Optional[Job]:
     """Decide the next job, or ``None`` when no job fits the study's limits.
 
@@ -170,6 +175,9 @@ def next_job(
     ``algorithm`` is ``"asha"`` (one bracket, starting at rung 0), ``"hyperband"``
     (brackets 0 to K, new configurations spread by :func:`brackets_by_deficit`) or
     ``"fixed"`` (every configuration in bracket K, at the top budget, never promoted).
+
+    ``trunk`` maps a budget to its trunk step in resume mode: a promoted trial then
+    starts at its parent's trunk step and reserves only the rest of its budget.
     """
     remaining = None if total_budget is None else total_budget - reserved_total(claims)
 
@@ -200,7 +208,8 @@ def next_job(
     promotion_rungs = [] if algorithm == "fixed" else range(top - 1, -1, -1)
     for rung in promotion_rungs:
         budget = budgets[rung + 1]
-        if not fits(budget):
+        start_step = 0 if trunk is None else trunk(budgets[rung])
+        if not fits(budget - start_step):
             continue
         candidates = []
         for bracket in sorted(by_bracket):
@@ -215,9 +224,10 @@ def next_job(
             attempt=0,
             bracket=best.bracket,
             budget=budget,
-            reserved=budget,
+            reserved=budget - start_step,
             parent=best.trial_number,
             config_trial_id=best.config_trial_id,
+            start_step=start_step,
         )
 
     # The bracket furthest below its share comes first. When its base budget does not

@@ -62,10 +62,11 @@ def schedule_for(
     from budgetsearch.schedules import make_schedule
 
     budget = trial_budget(trial)
-    spec = _user_attrs(trial).get(_attrs.SCHEDULE, {})
+    attrs = _user_attrs(trial)
+    spec = attrs.get(_attrs.SCHEDULE, {})
     schedule_options = dict(spec.get("options", {}))
     schedule_options.update(options)
-    return make_schedule(
+    scheduler = make_schedule(
         optimizer,
         budget,
         spec.get("name", "linear"),
@@ -74,6 +75,20 @@ def schedule_for(
         steps_per_epoch=steps_per_epoch,
         **schedule_options,
     )
+
+    start_step = attrs.get(_attrs.RESUMED_FROM_STEP, 0)
+    if attrs.get(_attrs.START_STEP) and _attrs.RESUMED_FROM_STEP not in attrs and _attrs.RESUME_FALLBACK not in attrs:
+        raise RuntimeError(
+            f"trial {trial.number} is promoted in resume mode: call budgetsearch.resume_for(trial) "
+            "before budgetsearch.schedule_for(trial, optimizer), so that the schedule starts where "
+            "training resumes."
+        )
+    if start_step:
+        # The closed form makes this the rate an uninterrupted run has at start_step.
+        state = scheduler.state_dict()
+        state["last_epoch"] = start_step
+        scheduler.load_state_dict(state)
+    return scheduler
 
 
 def trial_device() -> Any:

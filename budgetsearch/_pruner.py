@@ -8,6 +8,8 @@ import math
 import optuna
 from optuna.pruners import BasePruner
 
+from budgetsearch import _attrs
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,6 +46,13 @@ class BudgetPruner(BasePruner):
         step = trial.last_step
         if step is None:
             return False
+        resumed_from = trial.user_attrs.get(_attrs.RESUMED_FROM_STEP)
+        if resumed_from is not None and min(trial.intermediate_values) <= resumed_from:
+            raise ValueError(
+                f"trial {trial.number} resumed parent trial {trial.user_attrs.get(_attrs.PARENT)}'s trunk at "
+                f"step {resumed_from} but reported step {min(trial.intermediate_values)}: report steps "
+                "counted from the start of training, after the resume step."
+            )
         value = trial.intermediate_values[step]
         if math.isfinite(value):
             return False

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from budgetsearch import _attrs
 from budgetsearch._jobs import COMPLETE, FAILED, PRUNED, RUNNING, Claim, Job, next_job
+from budgetsearch._resume import check_artifact_dir
 from budgetsearch._settings import StudySettings
 from budgetsearch._tables import StudyDatabase, claims_table, database_for, studies_table
 
@@ -175,7 +176,13 @@ class BudgetSampler(BaseSampler):
         total_budget: Limit on the sum of the budgets that trials reserve, or ``None``.
         n_trials: Limit on the number of jobs in the whole study, or ``None``.
         budget_unit: ``"steps"``, ``"epochs"`` or ``"seconds"``.
-        schedule: Learning-rate schedule fitted to each trial's budget.
+        algorithm: ``"asha"`` (one ladder), ``"hyperband"`` (brackets starting at
+            every rung) or ``"fixed"`` (every trial at ``max_budget``).
+        mode: ``"restart"`` (every trial trains from scratch) or ``"resume"`` (a
+            promoted trial continues its parent's trunk checkpoint, see
+            :func:`budgetsearch.resume_for`).
+        schedule: Learning-rate schedule fitted to each trial's budget: ``"linear"``
+            by default, ``"wsd"`` in resume mode.
         schedule_options: Options of that schedule, such as ``{"power": 2.0}``.
         warmup: Warm-up length in ``budget_unit``, below ``min_budget``.
         base_sampler: ``"tpe"`` (default), ``"random"``, ``"gp"``, ``"cmaes"``,
@@ -185,6 +192,8 @@ class BudgetSampler(BaseSampler):
         max_retries: How many times a job whose worker was lost runs again.
         n_min: The base sampler learns from the largest rung with at least this many
             results; ``None`` means the number of parameters plus one.
+        artifact_dir: Folder of the trunk checkpoints in resume mode (default
+            ``budgetsearch-artifacts`` in the current folder).
         settings: Resolved :class:`StudySettings`; replaces the arguments above.
         use_stored_settings: Take the settings stored with the study, whatever they
             are (how workers join a study); the arguments above are then ignored.
@@ -202,13 +211,16 @@ class BudgetSampler(BaseSampler):
         total_budget: Optional[int] = None,
         n_trials: Optional[int] = None,
         budget_unit: str = "steps",
-        schedule: str = "linear",
+        algorithm: str = "asha",
+        mode: str = "restart",
+        schedule: Optional[str] = None,
         schedule_options: Optional[Dict[str, Any]] = None,
         warmup: int = 0,
         base_sampler: BaseSamplerSpec = "tpe",
         seed: Optional[int] = None,
         max_retries: int = 2,
         n_min: Optional[int] = None,
+        artifact_dir: Optional[str] = None,
         settings: Optional[StudySettings] = None,
         use_stored_settings: bool = False,
     ) -> None:
@@ -239,6 +251,8 @@ class BudgetSampler(BaseSampler):
                 total_budget=total_budget,
                 n_trials=n_trials,
                 budget_unit=budget_unit,
+                algorithm=algorithm,
+                mode=mode,
                 schedule=schedule,
                 schedule_options=dict(schedule_options or {}),
                 warmup=warmup,
@@ -246,6 +260,7 @@ class BudgetSampler(BaseSampler):
                 seed=seed,
                 max_retries=max_retries,
                 n_min=n_min,
+                artifact_dir=artifact_dir,
             )
             # Validate now, so that bad arguments fail before any study is touched.
             StudySettings(direction="minimize", **self._requested)
@@ -300,6 +315,8 @@ class BudgetSampler(BaseSampler):
             return settings
 
         settings = database.run(bind)
+        if settings.mode == "resume" and settings.artifact_dir is not None:
+            check_artifact_dir(settings.artifact_dir)
         if settings.direction != direction:
             raise SettingsMismatchError(
                 f"study {study.study_name!r} stores direction {settings.direction!r} but the "
@@ -350,7 +367,7 @@ class BudgetSampler(BaseSampler):
                     attempt=job.attempt,
                     bracket=job.bracket,
                     budget=job.budget,
-                    start_step=0,
+                    start_step=job.start_step,
                     reserved=job.reserved,
                     trial_number=trial.number,
                     trial_id=trial._trial_id,
@@ -371,6 +388,7 @@ class BudgetSampler(BaseSampler):
                 reserved=job.reserved,
                 parent=job.parent,
                 config_trial_id=config_trial_id,
+                start_step=job.start_step,
             )
 
         job = binding.database.run(claim)
@@ -401,6 +419,8 @@ class BudgetSampler(BaseSampler):
         }
         if job.parent is not None:
             attrs[_attrs.PARENT] = job.parent
+        if job.start_step:
+            attrs[_attrs.START_STEP] = job.start_step
         for key, value in attrs.items():
             storage.set_trial_user_attr(trial._trial_id, key, value)
             # ``trial`` is the Trial's cached copy, which ``Trial.user_attrs`` reads.
@@ -575,6 +595,7 @@ def _decide(connection: sa.engine.Connection, study_id: int, settings: StudySett
             claims_table.c.state,
             claims_table.c.value,
             claims_table.c.parent,
+            claims_table.c.start_step,
         ).where(claims_table.c.study_id == study_id)
     ).all()
     claims = [Claim(**row._mapping) for row in rows]
@@ -586,6 +607,7 @@ def _decide(connection: sa.engine.Connection, study_id: int, settings: StudySett
         algorithm=settings.algorithm,
         n_trials=settings.n_trials,
         max_retries=settings.max_retries,
+        trunk=settings.trunk_step if settings.mode == "resume" else None,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
@@ -13,7 +14,8 @@ from budgetsearch._ladder import Ladder
 DIRECTIONS = ("maximize", "minimize")
 BUDGET_UNITS = ("steps", "epochs", "seconds")
 ALGORITHMS = ("asha", "hyperband", "fixed")
-MODES = ("restart",)
+MODES = ("restart", "resume")
+DEFAULT_ARTIFACT_DIR = "budgetsearch-artifacts"
 SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc")
 # Kept equal to budgetsearch.schedules.SCHEDULES; checked by a test.
 SCHEDULE_NAMES = ("linear", "cosine", "step", "exponential", "polynomial", "wsd", "constant")
@@ -51,7 +53,7 @@ class StudySettings:
     n_trials: Optional[int] = None
     algorithm: str = "asha"
     mode: str = "restart"
-    schedule: str = "linear"
+    schedule: Optional[str] = None
     schedule_options: Dict[str, Any] = field(default_factory=dict)
     warmup: int = 0
     sampler: str = "tpe"
@@ -59,13 +61,32 @@ class StudySettings:
     max_retries: int = 2
     metric: str = "value"
     n_min: Optional[int] = None
+    artifact_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
         _check_choice("direction", self.direction, DIRECTIONS)
         _check_choice("budget_unit", self.budget_unit, BUDGET_UNITS)
         _check_choice("algorithm", self.algorithm, ALGORITHMS)
         _check_choice("mode", self.mode, MODES)
+        if self.schedule is None:
+            # Resume mode implies the wsd schedule; restart mode defaults to linear decay.
+            object.__setattr__(self, "schedule", "wsd" if self.mode == "resume" else "linear")
         _check_choice("schedule", self.schedule, SCHEDULE_NAMES)
+        if self.mode == "resume" and self.schedule != "wsd":
+            raise ValueError(
+                f"schedule={self.schedule!r} is invalid with mode='resume': resume mode uses the wsd "
+                "schedule, whose stable phase every budget shares. Leave the schedule unset or use wsd."
+            )
+        if self.mode == "resume" and self.budget_unit != "steps":
+            raise ValueError(
+                f"budget_unit={self.budget_unit!r} is invalid with mode='resume': resume mode "
+                "counts trunk steps in optimizer steps. Use budget_unit='steps' or mode='restart'."
+            )
+        if self.mode == "resume" and self.artifact_dir is None:
+            object.__setattr__(self, "artifact_dir", DEFAULT_ARTIFACT_DIR)
+        if self.artifact_dir is not None:
+            # Local workers started from other folders must find the same checkpoints.
+            object.__setattr__(self, "artifact_dir", os.path.abspath(os.path.expanduser(self.artifact_dir)))
         # "custom" records that the study's sampler was passed as an object.
         _check_choice("sampler", self.sampler, SAMPLERS + ("custom",))
 
@@ -95,6 +116,32 @@ class StudySettings:
             raise ValueError(
                 f"schedule_options={self.schedule_options!r} is invalid: it must be a dict."
             )
+        self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        """Raise ValueError if the schedule, its options or the warm-up do not fit every rung."""
+        if self.budget_unit != "steps":
+            return
+        from budgetsearch.schedules import lr_multiplier
+
+        for budget in (self.min_budget, self.max_budget):
+            lr_multiplier(0, budget, self.schedule, warmup=self.warmup, **self.schedule_options)
+        if self.mode == "resume" and self.warmup >= self.trunk_step(self.min_budget):
+            raise ValueError(
+                f"warmup={self.warmup} is invalid in resume mode: it must end before the stable "
+                f"phase of the smallest budget ends, at step {self.trunk_step(self.min_budget)}. "
+                "Shorten the warm-up, lower decay_fraction or raise min_budget."
+            )
+
+    @property
+    def decay_fraction(self) -> float:
+        return float(self.schedule_options.get("decay_fraction", 0.2))
+
+    def trunk_step(self, budget: int) -> int:
+        """Return the step where the wsd decay of ``budget`` starts (resume mode)."""
+        from budgetsearch.schedules import trunk_step
+
+        return trunk_step(budget, self.decay_fraction)
 
     @property
     def ladder(self) -> Ladder:
@@ -141,7 +188,7 @@ class StudyDefaults:
     n_trials: Optional[int] = None
     algorithm: str = "asha"
     mode: str = "restart"
-    schedule: str = "linear"
+    schedule: Optional[str] = None
     schedule_options: Dict[str, Any] = field(default_factory=dict)
     warmup: int = 0
     sampler: str = "tpe"
@@ -149,6 +196,7 @@ class StudyDefaults:
     max_retries: int = 2
     metric: str = "value"
     n_min: Optional[int] = None
+    artifact_dir: Optional[str] = None
     timeout: Optional[float] = None
 
     def __post_init__(self) -> None:

@@ -101,6 +101,21 @@ def summary(study: optuna.Study) -> Dict[str, Any]:
             }
         )
 
+    brackets = []
+    for bracket in sorted({row.bracket for row in rows}):
+        in_bracket = [row for row in rows if row.bracket == bracket]
+        brackets.append(
+            {
+                "bracket": bracket,
+                "configurations": len({row.config for row in in_bracket}),
+                "results_per_rung": {
+                    str(rung): sum(1 for row in in_bracket if row.rung == rung and row.state == COMPLETE)
+                    for rung in range(bracket, len(ladder))
+                },
+            }
+        )
+    resumed = sum(1 for trial in trials if _attrs.RESUMED_FROM_STEP in trial.user_attrs)
+
     return {
         "study_name": study.study_name,
         "direction": settings.direction,
@@ -118,6 +133,8 @@ def summary(study: optuna.Study) -> Dict[str, Any]:
         "budget_spent": spent,
         "trials": trial_counts,
         "rungs": rungs,
+        "brackets": brackets,
+        "resumed": resumed,
         "duplicate_jobs": duplicate_jobs(trials),
         "best": best_result(trials, settings),
     }
