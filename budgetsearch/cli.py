@@ -157,11 +157,24 @@ _SETTING_FLAGS = {
     "warmup": "warmup",
     "budget_unit": "budget_unit",
     "max_retries": "max_retries",
+    "n_min": "n_min",
 }
 
 
-def _explicit_settings(args: argparse.Namespace) -> Dict[str, Any]:
-    return {name: getattr(args, flag) for flag, name in _SETTING_FLAGS.items() if getattr(args, flag, None) is not None}
+def _explicit_settings(args: argparse.Namespace, defaults: Any = None) -> Dict[str, Any]:
+    explicit = {name: getattr(args, flag) for flag, name in _SETTING_FLAGS.items() if getattr(args, flag, None) is not None}
+    options = {}
+    if getattr(args, "decay_fraction", None) is not None:
+        options["decay_fraction"] = args.decay_fraction
+    if getattr(args, "decay_shape", None) is not None:
+        options["decay_shape"] = args.decay_shape
+    if options:
+        base = dict(defaults.schedule_options) if defaults is not None else {}
+        base.update(options)
+        explicit["schedule_options"] = base
+    if getattr(args, "artifact_dir", None) is not None:
+        explicit["artifact_dir"] = os.path.abspath(os.path.expanduser(args.artifact_dir))
+    return explicit
 
 
 def open_study(args: argparse.Namespace, study_file: Any) -> Any:
@@ -172,7 +185,7 @@ def open_study(args: argparse.Namespace, study_file: Any) -> Any:
     from budgetsearch._status import load_settings
     from budgetsearch._tables import database_for
 
-    explicit = _explicit_settings(args)
+    explicit = _explicit_settings(args, study_file.defaults)
     try:
         settings = study_file.defaults.resolve(**explicit)
     except ValueError as error:
@@ -192,6 +205,12 @@ def open_study(args: argparse.Namespace, study_file: Any) -> Any:
                 f"study {study_name!r} exists in {mask_url(args.storage)} but was not created by "
                 "budgetsearch; pick another --study-name."
             )
+        if "schedule_options" in explicit:
+            explicit["schedule_options"] = {**stored.schedule_options, **{
+                key: explicit["schedule_options"][key]
+                for key in ("decay_fraction", "decay_shape")
+                if key in explicit["schedule_options"]
+            }}
         try:
             requested = dataclasses.replace(stored, **explicit)
             check_settings_match(stored, requested, study_name)
@@ -442,8 +461,23 @@ def _add_study_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "study settings", "Override the study file's DEFAULTS when the study is created; for an existing study they must match what it stores."
     )
-    group.add_argument("--algorithm", choices=ALGORITHMS, help="how jobs are chosen.")
-    group.add_argument("--mode", choices=MODES, help="restart: every trial trains from scratch for its budget.")
+    group.add_argument(
+        "--algorithm",
+        choices=ALGORITHMS,
+        help="asha: one successive-halving ladder; hyperband: brackets starting at every rung; fixed: every trial at the max budget.",
+    )
+    group.add_argument(
+        "--mode",
+        choices=MODES,
+        help="restart: every trial trains from scratch for its budget; resume: a promoted trial "
+        "continues its parent's trunk checkpoint (wsd schedule).",
+    )
+    group.add_argument(
+        "--decay-fraction", type=float, help="wsd schedule: fraction of each budget spent decaying, in (0, 1); default 0.2."
+    )
+    group.add_argument("--decay-shape", choices=("linear", "sqrt"), help="wsd schedule: shape of the decay to 0.")
+    group.add_argument("--artifact-dir", help="resume mode: folder of the trunk checkpoints (default: ./budgetsearch-artifacts).")
+    group.add_argument("--n-min", type=_positive_int, help="results a rung needs before the base sampler learns from it (default: parameters + 1).")
     group.add_argument("--schedule", choices=SCHEDULE_NAMES, help="learning-rate schedule fitted to each trial's budget.")
     group.add_argument("--sampler", choices=SAMPLERS, help="base Optuna sampler for new configurations.")
     group.add_argument("--seed", type=int, help="study seed; each trial's sampler seed derives from it and the trial number.")

@@ -183,6 +183,7 @@ def _fit(
     seed: int,
     report: Optional[Callable[[float, int], None]],
     eval_every: int,
+    resume: Optional[budgetsearch.ResumePoint] = None,
 ) -> tuple[nn.Module, float]:
     data = load_data()
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
@@ -198,7 +199,6 @@ def _fit(
         momentum=params["momentum"],
         weight_decay=params["weight_decay"],
     )
-    scheduler = scheduler_factory(optimizer)
     loss_function = nn.CrossEntropyLoss()
 
     # Batches are drawn without replacement from a new shuffle each epoch, and
@@ -208,9 +208,21 @@ def _fit(
     permutation = torch.randperm(len(y_train), generator=generator)
     position = 0
 
+    # In resume mode a promoted trial continues its parent's trunk: weights, momentum
+    # buffers and the batch order, from the parent's trunk step.
+    start_step = 0
+    if resume is not None and resume.state is not None:
+        model.load_state_dict(resume.state["model"])
+        optimizer.load_state_dict(resume.state["optimizer"])
+        generator.set_state(resume.state["generator"])
+        permutation = resume.state["permutation"]
+        position = int(resume.state["position"])
+        start_step = resume.start_step
+    scheduler = scheduler_factory(optimizer)
+
     model.train()
     val_accuracy = float("nan")
-    for step in range(1, budget + 1):
+    for step in range(start_step + 1, budget + 1):
         if position + batch_size > len(permutation):
             permutation = torch.randperm(len(y_train), generator=generator)
             position = 0
@@ -230,6 +242,16 @@ def _fit(
             if report is not None:
                 report(val_accuracy, step)
             break
+        if resume is not None and step == resume.trunk_step:
+            resume.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "permutation": permutation,
+                    "position": position,
+                }
+            )
         if step % eval_every == 0 or step == budget:
             val_accuracy = evaluate_accuracy(model, x_val, y_val)
             if report is not None:
@@ -246,6 +268,7 @@ def train(
     seed: int,
     report: Optional[Callable[[float, int], None]] = None,
     eval_every: int = EVAL_EVERY,
+    resume: Optional[budgetsearch.ResumePoint] = None,
 ) -> float:
     """Train a fresh model for `budget` SGD steps and return its validation accuracy.
 
@@ -254,7 +277,8 @@ def train(
     after every optimizer step. `seed` sets the weight initialization and the
     batch order. `report(val_accuracy, step)` is called every `eval_every` steps
     and after the last step. A diverged run, with a non-finite loss, reports NaN
-    at that step, stops and returns NaN.
+    at that step, stops and returns NaN. With `resume` (resume mode), training
+    continues the parent's trunk checkpoint and saves its own at its trunk step.
     """
     _, val_accuracy = _fit(
         params,
@@ -264,6 +288,7 @@ def train(
         seed=seed,
         report=report,
         eval_every=eval_every,
+        resume=resume,
     )
     return val_accuracy
 
@@ -293,6 +318,7 @@ def objective(trial: optuna.Trial) -> float:
     device = budgetsearch.trial_device()
     budget = budgetsearch.trial_budget(trial)
     params = suggest_params(trial)
+    resume = budgetsearch.resume_for(trial)
 
     def report(val_accuracy: float, step: int) -> None:
         trial.report(val_accuracy, step)
@@ -306,6 +332,7 @@ def objective(trial: optuna.Trial) -> float:
         device=device,
         seed=trial.number,
         report=report,
+        resume=resume,
     )
 
 

@@ -1,12 +1,14 @@
 """The sampler and pruner pair on Optuna's in-memory storage, in one process."""
 
 import math
+import warnings
 from collections import Counter
 
 import optuna
 import pytest
 
 import budgetsearch
+import budgetsearch._tables
 from budgetsearch import BudgetPruner, BudgetSampler
 from budgetsearch._status import summary
 
@@ -324,3 +326,75 @@ def test_trial_budget_without_sampler():
 def test_invalid_sampler_arguments(options, match):
     with pytest.raises(ValueError, match=match):
         make_study(**options)
+
+
+def test_rung_result_is_returned_value():
+    def objective(trial):
+        budget = budgetsearch.trial_budget(trial)
+        x = trial.suggest_float("x", -2.0, 2.0)
+        # Intermediate reports differ from the returned value on purpose.
+        trial.report(100.0 + x, step=max(1, budget // 2))
+        return x * x + 1.0 / budget
+
+    study = make_study()
+    study.optimize(objective)
+    database = budgetsearch._tables.database_for(study._storage)
+    with database.engine.connect() as connection:
+        rows = connection.execute(
+            budgetsearch._tables.sa.select(budgetsearch._tables.claims_table)
+        ).all()
+    by_number = {t.number: t for t in study.trials}
+    assert rows
+    for row in rows:
+        trial = by_number[row.trial_number]
+        assert row.value == trial.value
+        assert row.rung == trial.user_attrs[ATTR + "rung"]
+
+
+def test_too_few_results_never_prune():
+    study = make_study(reduction_factor=4, min_budget=1, max_budget=16, total_budget=3)
+    study.optimize(quadratic)
+    trials = jobs(study)
+    assert len(trials) == 3
+    assert {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
+    assert {t.user_attrs[ATTR + "rung"] for t in trials} == {0}
+
+
+def test_pruned_before_first_report():
+    def objective(trial):
+        budgetsearch.trial_budget(trial)
+        x = trial.suggest_float("x", -2.0, 2.0)
+        if x < -1.0:
+            raise optuna.TrialPruned()
+        return x * x
+
+    study = make_study()
+    study.optimize(objective)
+    pruned = [t for t in jobs(study) if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned
+    assert all(t.value is None for t in pruned)
+    pruned_configs = {t.user_attrs[ATTR + "config"] for t in pruned}
+    promoted_configs = {t.user_attrs[ATTR + "config"] for t in jobs(study) if t.user_attrs[ATTR + "rung"] > 0}
+    assert not pruned_configs & promoted_configs
+    rung0 = summary(study)["rungs"][0]
+    assert rung0["pruned"] == sum(1 for t in pruned if t.user_attrs[ATTR + "rung"] == 0)
+
+
+def test_same_step_reported_twice_keeps_first():
+    study = make_study(total_budget=20)
+    trial = study.ask()
+    budget = budgetsearch.trial_budget(trial)
+    x = trial.suggest_float("x", -2.0, 2.0)
+    # Optuna keeps the first value of a step and ignores later ones with a UserWarning,
+    # which the default warning filter shows once for the same step and call site.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for value in (x, math.nan, math.inf):
+            trial.report(value, step=budget)
+    assert not trial.should_prune()
+    study.tell(trial, x * x)
+    frozen = study.trials[0]
+    assert frozen.state == optuna.trial.TrialState.COMPLETE
+    assert frozen.intermediate_values == {budget: x}
+    duplicate_warnings = [w for w in caught if "already reported" in str(w.message)]
+    assert len(duplicate_warnings) == 1
