@@ -126,6 +126,12 @@ class StudySettings:
 
         for budget in (self.min_budget, self.max_budget):
             lr_multiplier(0, budget, self.schedule, warmup=self.warmup, **self.schedule_options)
+        if self.mode == "resume" and self.trunk_step(self.min_budget) == 0:
+            raise ValueError(
+                f"min_budget={self.min_budget} is invalid in resume mode: with decay_fraction="
+                f"{self.decay_fraction} its stable phase is empty, so it has no trunk to hand on. "
+                "Raise min_budget or lower decay_fraction."
+            )
         if self.mode == "resume" and self.warmup >= self.trunk_step(self.min_budget):
             raise ValueError(
                 f"warmup={self.warmup} is invalid in resume mode: it must end before the stable "

@@ -186,10 +186,16 @@ def open_study(args: argparse.Namespace, study_file: Any) -> Any:
     from budgetsearch._tables import database_for
 
     explicit = _explicit_settings(args, study_file.defaults)
+    # Invalid settings are reported before the storage is touched, unless the study
+    # exists: then a flag that contradicts its stored settings is the error to report.
+    settings = None
+    invalid: Optional[str] = None
     try:
         settings = study_file.defaults.resolve(**explicit)
     except ValueError as error:
-        raise UsageError(str(error)) from None
+        invalid = str(error)
+    if invalid is not None and not _study_may_exist(args.storage):
+        raise UsageError(invalid)
 
     storage = open_storage(args.storage)
     study_name = args.study_name or study_file.default_study_name
@@ -211,12 +217,24 @@ def open_study(args: argparse.Namespace, study_file: Any) -> Any:
                 for key in ("decay_fraction", "decay_shape")
                 if key in explicit["schedule_options"]
             }}
+        conflicts = {name: (getattr(stored, name), value) for name, value in explicit.items() if getattr(stored, name) != value}
+        if explicit.get("seed") is None:
+            conflicts.pop("seed", None)
+        if conflicts:
+            listed = "; ".join(f"{name}: stored {a!r}, given {b!r}" for name, (a, b) in sorted(conflicts.items()))
+            raise UsageError(
+                f"study {study_name!r} already exists with other settings ({listed}). Leave these "
+                "flags out to use the stored settings, or pick a new --study-name."
+            )
         try:
             requested = dataclasses.replace(stored, **explicit)
             check_settings_match(stored, requested, study_name)
         except ValueError as error:
             raise UsageError(str(error)) from None
         return existing, stored
+
+    if invalid is not None or settings is None:
+        raise UsageError(invalid or "invalid study settings")
 
     sampler = BudgetSampler(settings=settings)
     study = optuna.create_study(
@@ -227,6 +245,20 @@ def open_study(args: argparse.Namespace, study_file: Any) -> Any:
     except ValueError as error:
         raise UsageError(str(error)) from None
     return study, stored
+
+
+def _study_may_exist(url: str) -> bool:
+    """Return False when ``url`` is a SQLite file that does not exist yet."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return False
+    if parsed.get_backend_name() != "sqlite":
+        return True
+    return bool(parsed.database) and parsed.database != ":memory:" and os.path.exists(parsed.database)
 
 
 # -- run -----------------------------------------------------------------------------

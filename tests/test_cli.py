@@ -91,8 +91,8 @@ def test_run_again_continues_study(finished_study, shared_url, cli_environment):
 
 
 BAD_RUN_FLAGS = [
-    (["--min-budget", "27"], "min_budget=27"),
-    (["--min-budget", "30", "--max-budget", "27"], "min_budget=30"),
+    (["--min-budget", "27"], "min_budget: stored 1, given 27"),
+    (["--min-budget", "30", "--max-budget", "27"], "min_budget: stored 1, given 30"),
     (["--reduction-factor", "1"], "'1'"),
     (["--reduction-factor", "2.5"], "'2.5'"),
     (["--total-budget", "0"], "'0'"),
@@ -103,7 +103,45 @@ BAD_RUN_FLAGS = [
     (["--algorithm", "bohb"], "'bohb'"),
     (["--max-budget", "81"], "max_budget: stored 27, given 81"),
     (["--seed", "5"], "seed: stored 0, given 5"),
+    (["--mode", "continue"], "'continue'"),
+    (["--mode", "resume"], "mode: stored 'restart', given 'resume'"),
+    (["--algorithm", "hyperband"], "algorithm: stored 'asha', given 'hyperband'"),
 ]
+
+
+BAD_NEW_STUDY_FLAGS = [
+    (["--min-budget", "27"], "min_budget=27 is invalid: it must be below max_budget=27"),
+    (["--min-budget", "30", "--max-budget", "27"], "min_budget=30 is invalid"),
+    (["--total-budget", "1", "--min-budget", "2"], "total_budget=1 is invalid"),
+    (["--mode", "resume", "--schedule", "cosine"], "schedule='cosine' is invalid with mode='resume'"),
+    (["--mode", "resume", "--decay-fraction", "1.0"], "decay_fraction=1.0"),
+    (["--mode", "resume", "--decay-fraction", "0"], "decay_fraction=0"),
+    (["--mode", "resume", "--min-budget", "5", "--warmup", "4"], "warmup=4 is invalid in resume mode"),
+    (["--schedule", "wsd", "--decay-fraction", "-0.5"], "decay_fraction=-0.5"),
+]
+
+
+@pytest.mark.parametrize("flags,named", BAD_NEW_STUDY_FLAGS, ids=[" ".join(f) for f, _ in BAD_NEW_STUDY_FLAGS])
+def test_bad_resume_flags(flags, named, sqlite_url, cli_environment):
+    result = run_cli(cli_environment, "run", SYNTHETIC_STUDY, "--storage", sqlite_url, "--study-name", "r", *flags)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert named in lines[0]
+    assert optuna.study.get_all_study_names(sqlite_url) == []
+
+
+def test_unwritable_artifact_dir(tmp_path, sqlite_url, cli_environment):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    result = run_cli(
+        cli_environment, "run", SYNTHETIC_STUDY, "--storage", sqlite_url, "--study-name", "r",
+        "--mode", "resume", "--min-budget", "10", "--max-budget", "90", "--artifact-dir", str(blocker / "checkpoints"),
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "is not writable" in result.stderr
+    assert "--artifact-dir" in result.stderr
 
 
 @pytest.mark.parametrize("flags,named", BAD_RUN_FLAGS, ids=[" ".join(f) for f, _ in BAD_RUN_FLAGS])
