@@ -79,6 +79,16 @@ def _reseed(sampler: BaseSampler, seed: int) -> None:
                 setattr(owner, name, np.random.RandomState(seed))
 
 
+def _check_base_sampler(spec: BaseSamplerSpec) -> None:
+    """Build the base sampler once, so that one that cannot be used fails before any trial."""
+    try:
+        make_base_sampler(spec, 0)
+    except ValueError:
+        raise
+    except Exception as error:
+        raise ValueError(f"base_sampler={spec!r} cannot be used: {type(error).__name__}: {error}") from error
+
+
 def make_base_sampler(spec: BaseSamplerSpec, seed: int) -> BaseSampler:
     """Build the base sampler that proposes new configurations, seeded with ``seed``."""
     if isinstance(spec, BaseSampler):
@@ -225,6 +235,11 @@ class BudgetSampler(BaseSampler):
         use_stored_settings: bool = False,
     ) -> None:
         self._use_stored = use_stored_settings
+        if not isinstance(base_sampler, (str, BaseSampler)) and not callable(base_sampler):
+            raise ValueError(
+                f"base_sampler={base_sampler!r} is invalid: pass tpe, random, gp, cmaes or qmc, an "
+                "optuna sampler instance, or a function from a seed to a sampler."
+            )
         if isinstance(base_sampler, str):
             sampler_name = base_sampler
         else:
@@ -265,6 +280,8 @@ class BudgetSampler(BaseSampler):
             # Validate now, so that bad arguments fail before any study is touched.
             StudySettings(direction="minimize", **self._requested)
             self._given_settings = None
+        if not use_stored_settings:
+            _check_base_sampler(self._base_spec)
         self._bindings: Dict[int, _Binding] = {}
         self._lock = threading.Lock()
         self._worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -315,6 +332,9 @@ class BudgetSampler(BaseSampler):
             return settings
 
         settings = database.run(bind)
+        if self._use_stored and isinstance(self._base_spec, str) and settings.sampler != "custom":
+            self._base_spec = settings.sampler
+            _check_base_sampler(self._base_spec)
         if settings.mode == "resume" and settings.artifact_dir is not None:
             check_artifact_dir(settings.artifact_dir)
         if settings.direction != direction:

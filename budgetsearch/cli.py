@@ -31,9 +31,9 @@ def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a positive integer") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer: give a positive integer") from None
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not positive; give a positive integer")
+        raise argparse.ArgumentTypeError(f"{text!r} is not positive: give a positive integer")
     return value
 
 
@@ -41,9 +41,9 @@ def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give 0 or more") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer: give 0 or more") from None
     if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative; give 0 or more")
+        raise argparse.ArgumentTypeError(f"{text!r} is negative: give 0 or more")
     return value
 
 
@@ -51,9 +51,9 @@ def _reduction_factor(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give an integer of at least 2") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer: give an integer of at least 2") from None
     if value < 2:
-        raise argparse.ArgumentTypeError(f"{text!r} is below 2; give an integer of at least 2")
+        raise argparse.ArgumentTypeError(f"{text!r} is below 2: give an integer of at least 2")
     return value
 
 
@@ -63,7 +63,7 @@ def _positive_seconds(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not positive; give a positive number of seconds")
+        raise argparse.ArgumentTypeError(f"{text!r} is not positive: give a positive number of seconds")
     return value
 
 
@@ -387,6 +387,12 @@ def _print_summary(data: Dict[str, Any], elapsed: Optional[float] = None) -> Non
             f"{rung['rung']:>4} {rung['budget']:>8} {rung['complete']:>8} {rung['pruned']:>6} "
             f"{rung['failed']:>6} {rung['running']:>7} {rung['promoted']:>8}"
         )
+    if data["algorithm"] == "hyperband":
+        for bracket in data["brackets"]:
+            results = ", ".join(f"rung {rung}: {count}" for rung, count in bracket["results_per_rung"].items())
+            lines.append(f"Bracket {bracket['bracket']}: {bracket['configurations']} configurations; results {results}.")
+    if data["mode"] == "resume":
+        lines.append(f"Trials that continued a parent's trunk checkpoint: {data['resumed']}.")
     best = data["best"]
     if best is None:
         lines.append("Best: no complete trial yet.")

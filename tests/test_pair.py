@@ -10,6 +10,7 @@ import pytest
 import budgetsearch
 import budgetsearch._tables
 from budgetsearch import BudgetPruner, BudgetSampler
+from budgetsearch._sampler import make_base_sampler
 from budgetsearch._status import summary
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -320,6 +321,7 @@ def test_trial_budget_without_sampler():
         (dict(total_budget=0), "total_budget=0"),
         (dict(schedule="triangle"), "schedule='triangle'"),
         (dict(base_sampler="annealing"), "sampler='annealing'"),
+        (dict(base_sampler=42), "base_sampler=42 is invalid"),
         (dict(budget_unit="tokens"), "budget_unit='tokens'"),
     ],
 )
@@ -398,3 +400,20 @@ def test_same_step_reported_twice_keeps_first():
     assert frozen.intermediate_values == {budget: x}
     duplicate_warnings = [w for w in caught if "already reported" in str(w.message)]
     assert len(duplicate_warnings) == 1
+
+
+def test_factory_returning_non_sampler_is_rejected():
+    with pytest.raises(ValueError, match="not an optuna sampler"):
+        make_study(base_sampler=lambda seed: "not a sampler")
+
+
+def test_joining_worker_uses_stored_base_sampler():
+    storage = optuna.storages.InMemoryStorage()
+    creator = BudgetSampler(1, 9, 3, seed=0, base_sampler="random")
+    optuna.create_study(study_name="s", storage=storage, sampler=creator).optimize(quadratic, n_trials=1)
+    joiner = BudgetSampler(use_stored_settings=True)
+    study = optuna.load_study(study_name="s", storage=storage, sampler=joiner)
+    assert joiner.settings_for(study).sampler == "random"
+    study.optimize(quadratic, n_trials=1)
+    plan_samplers = [type(make_base_sampler(joiner._base_spec, 0))]
+    assert plan_samplers == [optuna.samplers.RandomSampler]

@@ -49,6 +49,8 @@ class Recorder:
         self.final_weights = {}
         self.saved_states = {}
         self.loaded_states = {}
+        self.saved_momentum = {}
+        self.loaded_momentum = {}
         self.rates = {}
         self.starts = {}
 
@@ -64,6 +66,7 @@ class Recorder:
             optimizer.load_state_dict(resume.state["optimizer"])
             generator.set_state(resume.state["generator"])
             self.loaded_states[trial.number] = {k: v.clone() for k, v in model.state_dict().items()}
+            self.loaded_momentum[trial.number] = momentum_buffers(optimizer)
         scheduler = budgetsearch.schedule_for(trial, optimizer)
         self.starts[trial.number] = resume.start_step
 
@@ -75,12 +78,17 @@ class Recorder:
             if step + 1 == resume.trunk_step:
                 state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
                 self.saved_states[trial.number] = {k: v.clone() for k, v in model.state_dict().items()}
+                self.saved_momentum[trial.number] = momentum_buffers(optimizer)
                 resume.save(state)
             if (step + 1) % 10 == 0:
                 trial.report(validation_loss(model), step + 1)
         self.rates[trial.number] = rates
         self.final_weights[trial.number] = {k: v.clone() for k, v in model.state_dict().items()}
         return validation_loss(model)
+
+
+def momentum_buffers(optimizer):
+    return [optimizer.state[p]["momentum_buffer"].clone() for p in optimizer.param_groups[0]["params"]]
 
 
 def uninterrupted(lr, seed, budget, decay_fraction=0.2, warmup=0):
@@ -130,6 +138,11 @@ def test_handoff_equals_parent_trunk(tmp_path):
         assert recorder.starts[child.number] == {20: 16, 60: 48}[parent.user_attrs[ATTR + "budget"]]
         for name, value in recorder.saved_states[parent.number].items():
             assert torch.equal(recorder.loaded_states[child.number][name], value)
+        saved = recorder.saved_momentum[parent.number]
+        loaded = recorder.loaded_momentum[child.number]
+        assert len(saved) == len(loaded) == 2
+        for parent_buffer, child_buffer in zip(saved, loaded):
+            assert torch.equal(parent_buffer, child_buffer)
         # The rate continues where the parent's stable phase stopped: the base rate.
         assert recorder.rates[child.number][0] == child.params["lr"]
         last_stable = recorder.starts[child.number] - recorder.starts[parent.number] - 1
