@@ -29,7 +29,11 @@ from sqlalchemy.pool import StaticPool
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Floating-point columns are DOUBLE: MySQL's FLOAT keeps 24 bits, which rounds
+# timestamps to minutes and can merge distinct rung results into ties.
+Double = sa.Double
 
 metadata = sa.MetaData()
 
@@ -46,7 +50,7 @@ studies_table = sa.Table(
     sa.Column("study_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("study_name", sa.String(512), nullable=False),
     sa.Column("settings", sa.Text, nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_at", Double, nullable=False),
     # Counts the study's locked transactions: claims and results get a number from it,
     # which orders them exactly across processes whatever their clocks.
     sa.Column("sequence", sa.Integer, nullable=False, default=0),
@@ -70,10 +74,13 @@ claims_table = sa.Table(
     sa.Column("config_trial_id", sa.Integer, nullable=False),
     sa.Column("parent", sa.Integer, nullable=True),
     sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("value", sa.Float, nullable=True),
+    sa.Column("value", Double, nullable=True),
     sa.Column("worker", sa.String(128), nullable=True),
-    sa.Column("claimed_at", sa.Float, nullable=False),
-    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Column("claimed_at", Double, nullable=False),
+    sa.Column("finished_at", Double, nullable=True),
+    # time.time() of the worker's last heartbeat; NULL for trials run without a
+    # heartbeat thread (study.optimize), which are never declared lost.
+    sa.Column("heartbeat_at", Double, nullable=True),
     sa.Column("claimed_sequence", sa.Integer, nullable=False),
     sa.Column("finished_sequence", sa.Integer, nullable=True),
     sa.UniqueConstraint("study_id", "config", "rung", "attempt", name="uq_budgetsearch_job"),
@@ -90,18 +97,20 @@ class SchemaVersionError(RuntimeError):
 class StudyDatabase:
     """budgetsearch's tables for one Optuna storage, with serialized claim transactions."""
 
-    def __init__(self, engine: Engine, *, single_connection: bool = False) -> None:
+    def __init__(self, engine: Engine, *, single_connection: bool = False, upgrade: bool = False) -> None:
         self.engine = engine
         # One shared connection (in-memory SQLite) needs a lock across threads.
         self._lock = threading.RLock() if single_connection else None
-        self._ensure_schema()
+        self._ensure_schema(upgrade)
 
-    def _ensure_schema(self) -> None:
+    def _ensure_schema(self, upgrade: bool) -> None:
         def create(connection: Connection) -> None:
             metadata.create_all(connection)
             row = connection.execute(sa.select(schema_table.c.version)).first()
             if row is None:
                 connection.execute(schema_table.insert().values(id=1, version=SCHEMA_VERSION))
+            elif row.version < SCHEMA_VERSION and upgrade:
+                _upgrade(connection, row.version)
             elif row.version > SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"The budgetsearch tables in this database have schema version {row.version}, "
@@ -159,6 +168,24 @@ class StudyDatabase:
         return sequence
 
 
+def _upgrade(connection: Connection, version: int) -> None:
+    """Bring budgetsearch's tables from schema ``version`` to SCHEMA_VERSION, one step at a time."""
+    if version == 1:
+        double = Double().compile(dialect=connection.dialect)
+        connection.exec_driver_sql(f"ALTER TABLE budgetsearch_claims ADD COLUMN heartbeat_at {double}")
+        if connection.dialect.name in ("mysql", "mariadb"):
+            for table, column, null in (
+                ("budgetsearch_claims", "value", "NULL"),
+                ("budgetsearch_claims", "claimed_at", "NOT NULL"),
+                ("budgetsearch_claims", "finished_at", "NULL"),
+                ("budgetsearch_studies", "created_at", "NOT NULL"),
+            ):
+                connection.exec_driver_sql(f"ALTER TABLE {table} MODIFY {column} {double} {null}")
+        version = 2
+    connection.execute(schema_table.update().values(version=version))
+    logger.info("Upgraded the budgetsearch tables to schema version %d.", version)
+
+
 def _package_version() -> str:
     from budgetsearch import __version__
 
@@ -202,8 +229,12 @@ def _rdb_backend(storage: BaseStorage) -> BaseStorage:
     return getattr(storage, "_backend", storage)
 
 
-def database_for(storage: BaseStorage) -> StudyDatabase:
-    """Return budgetsearch's tables in the database behind an Optuna storage."""
+def database_for(storage: BaseStorage, *, upgrade: bool = False) -> StudyDatabase:
+    """Return budgetsearch's tables in the database behind an Optuna storage.
+
+    With ``upgrade``, tables of an older schema version are upgraded; without it,
+    they raise :class:`SchemaVersionError`.
+    """
     backend = _rdb_backend(storage)
     with _registry_lock:
         if isinstance(backend, RDBStorage):
@@ -211,7 +242,7 @@ def database_for(storage: BaseStorage) -> StudyDatabase:
             key = url.render_as_string(hide_password=False)
             database = _databases_by_url.get(key)
             if database is None:
-                database = StudyDatabase(create_engine_for(key))
+                database = StudyDatabase(create_engine_for(key), upgrade=upgrade)
                 _databases_by_url[key] = database
             return database
         if isinstance(backend, InMemoryStorage):

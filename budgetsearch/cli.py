@@ -474,7 +474,7 @@ def command_db(args: argparse.Namespace) -> int:
     from budgetsearch._tables import SCHEMA_VERSION, database_for
 
     storage = open_storage(args.storage)
-    database_for(storage)
+    database_for(storage, upgrade=True)
     print(f"budgetsearch tables in {mask_url(args.storage)} are at schema version {SCHEMA_VERSION}.")
     return 0
 

@@ -32,3 +32,71 @@ def test_other_schema_version_is_rejected(tmp_path, stored, named):
     assert f"schema version {stored}" in message
     assert f"version {SCHEMA_VERSION}" in message
     assert named in message
+
+
+def version_1_tables(engine):
+    """Create budgetsearch's tables as schema version 1 made them."""
+    old = sa.MetaData()
+    sa.Table("budgetsearch_schema", old, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+             sa.Column("version", sa.Integer, nullable=False))
+    sa.Table("budgetsearch_studies", old, sa.Column("study_id", sa.Integer, primary_key=True, autoincrement=False),
+             sa.Column("study_name", sa.String(512), nullable=False), sa.Column("settings", sa.Text, nullable=False),
+             sa.Column("created_at", sa.Float, nullable=False), sa.Column("sequence", sa.Integer, nullable=False))
+    columns = [
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        *(sa.Column(name, sa.Integer, nullable=False) for name in (
+            "study_id", "config", "rung", "attempt", "bracket", "budget", "start_step", "reserved",
+            "trial_number", "trial_id", "config_trial_id", "claimed_sequence")),
+        sa.Column("spent", sa.Integer), sa.Column("parent", sa.Integer), sa.Column("finished_sequence", sa.Integer),
+        sa.Column("state", sa.String(16), nullable=False), sa.Column("value", sa.Float),
+        sa.Column("worker", sa.String(128)), sa.Column("claimed_at", sa.Float, nullable=False),
+        sa.Column("finished_at", sa.Float),
+    ]
+    sa.Table("budgetsearch_claims", old, *columns)
+    old.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(old.tables["budgetsearch_schema"].insert().values(id=1, version=1))
+        connection.execute(old.tables["budgetsearch_claims"].insert().values(
+            study_id=1, config=0, rung=0, attempt=0, bracket=0, budget=1, start_step=0, reserved=1,
+            trial_number=0, trial_id=1, config_trial_id=1, claimed_sequence=1, state="complete",
+            value=0.5, claimed_at=1.0))
+
+
+@pytest.fixture
+def scratch_database_url(request, tmp_path):
+    """A URL of an empty database of each kind, dropped after the test."""
+    from conftest import server_url
+
+    kind = request.param
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'scratch.db'}"
+        return
+    base = server_url(kind)
+    name = f"bs_upgrade_{tmp_path.name[-8:].lower().replace('-', '_')}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    url = sa.engine.make_url(base).set(database=name).render_as_string(hide_password=False)
+    yield url
+    sa.create_engine(url).dispose()
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+    admin.dispose()
+
+
+@pytest.mark.parametrize("scratch_database_url", ["sqlite", "postgresql", "mysql"], indirect=True)
+def test_upgrade_from_version_1(scratch_database_url):
+    engine = create_engine_for(scratch_database_url)
+    version_1_tables(engine)
+    with pytest.raises(SchemaVersionError, match="schema version 1, but this budgetsearch uses version 2"):
+        StudyDatabase(engine)
+    StudyDatabase(engine, upgrade=True)
+    StudyDatabase(engine)
+    columns = {column["name"] for column in sa.inspect(engine).get_columns("budgetsearch_claims")}
+    assert "heartbeat_at" in columns
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(schema_table.c.version)).scalar() == 2
+        value = connection.exec_driver_sql("SELECT value FROM budgetsearch_claims").scalar()
+    assert value == 0.5
+    engine.dispose()
