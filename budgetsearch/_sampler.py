@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import optuna
@@ -23,7 +23,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from budgetsearch import _attrs
-from budgetsearch._jobs import COMPLETE, FAILED, PRUNED, RUNNING, Claim, Job, next_job
+from budgetsearch._jobs import COMPLETE, FAILED, LOST, PRUNED, RUNNING, Claim, Job, next_job
 from budgetsearch._resume import check_artifact_dir
 from budgetsearch._settings import StudySettings
 from budgetsearch._tables import StudyDatabase, claims_table, database_for, studies_table
@@ -204,9 +204,16 @@ class BudgetSampler(BaseSampler):
             results; ``None`` means the number of parameters plus one.
         artifact_dir: Folder of the trunk checkpoints in resume mode (default
             ``budgetsearch-artifacts`` in the current folder).
+        heartbeat_interval: Seconds between the heartbeats of ``budgetsearch worker``.
+        grace_period: Seconds without a heartbeat after which a trial is lost and its
+            job goes to the next attempt.
         settings: Resolved :class:`StudySettings`; replaces the arguments above.
         use_stored_settings: Take the settings stored with the study, whatever they
             are (how workers join a study); the arguments above are then ignored.
+        send_heartbeats: The caller sends heartbeats for its trials (as
+            ``budgetsearch worker`` does), so a trial whose heartbeat stops for the
+            study's grace period is declared lost and its job runs again. Trials
+            claimed without heartbeats are never declared lost.
 
     Raises:
         SettingsMismatchError: The study already stores other settings.
@@ -231,10 +238,14 @@ class BudgetSampler(BaseSampler):
         max_retries: int = 2,
         n_min: Optional[int] = None,
         artifact_dir: Optional[str] = None,
+        heartbeat_interval: float = 10.0,
+        grace_period: float = 60.0,
         settings: Optional[StudySettings] = None,
         use_stored_settings: bool = False,
+        send_heartbeats: bool = False,
     ) -> None:
         self._use_stored = use_stored_settings
+        self._send_heartbeats = send_heartbeats
         if not isinstance(base_sampler, (str, BaseSampler)) and not callable(base_sampler):
             raise ValueError(
                 f"base_sampler={base_sampler!r} is invalid: pass tpe, random, gp, cmaes or qmc, an "
@@ -276,6 +287,8 @@ class BudgetSampler(BaseSampler):
                 max_retries=max_retries,
                 n_min=n_min,
                 artifact_dir=artifact_dir,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
             )
             # Validate now, so that bad arguments fail before any study is touched.
             StudySettings(direction="minimize", **self._requested)
@@ -362,18 +375,24 @@ class BudgetSampler(BaseSampler):
         binding = self._bind(study)
         settings = binding.settings
 
-        def peek(connection: sa.engine.Connection) -> Optional[Job]:
-            return _decide(connection, study._study_id, settings)
+        def peek(connection: sa.engine.Connection) -> Tuple[Optional[Job], List[int]]:
+            released = _release_lost(connection, binding.database, study, settings)
+            return _decide(connection, study._study_id, settings), released
 
-        return binding.database.run(peek)
+        job, released = binding.database.run(peek)
+        _fail_lost_trials(study, released)
+        return job
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         binding = self._bind(study)
         settings = binding.settings
         study_id = study._study_id
 
+        released: List[int] = []
+
         def claim(connection: sa.engine.Connection) -> Optional[Job]:
             sequence = binding.database.next_sequence(connection, study_id)
+            released[:] = _release_lost(connection, binding.database, study, settings)
             job = _decide(connection, study_id, settings)
             if job is None:
                 return None
@@ -397,6 +416,7 @@ class BudgetSampler(BaseSampler):
                     worker=self._worker,
                     claimed_at=_now(),
                     claimed_sequence=sequence,
+                    heartbeat_at=_now() if self._send_heartbeats else None,
                 )
             )
             return Job(
@@ -412,6 +432,7 @@ class BudgetSampler(BaseSampler):
             )
 
         job = binding.database.run(claim)
+        _fail_lost_trials(study, released)
         storage = study._storage
         if job is None:
             storage.set_trial_system_attr(trial._trial_id, _attrs.NO_JOB, True)
@@ -567,6 +588,58 @@ def _replayed_value(plan: _TrialPlan, trial: FrozenTrial, name: str, distributio
             f"{plan.config} was sampled with {stored}: keep the search space unchanged within a study."
         )
     return replay.params[name]
+
+
+def _release_lost(
+    connection: sa.engine.Connection, database: StudyDatabase, study: Study, settings: StudySettings
+) -> List[int]:
+    """Mark running claims whose heartbeat is older than the grace period as lost.
+
+    A lost claim keeps only the budget its trial spent, so the job's next attempt can
+    reserve it again. Return the Optuna trial ids to fail once the transaction commits.
+    """
+    deadline = _now() - settings.grace_period
+    rows = connection.execute(
+        sa.select(
+            claims_table.c.id,
+            claims_table.c.trial_id,
+            claims_table.c.trial_number,
+            claims_table.c.start_step,
+            claims_table.c.budget,
+            claims_table.c.heartbeat_at,
+            claims_table.c.worker,
+        )
+        .where(claims_table.c.study_id == study._study_id)
+        .where(claims_table.c.state == RUNNING)
+        .where(claims_table.c.heartbeat_at.is_not(None))
+        .where(claims_table.c.heartbeat_at < deadline)
+    ).all()
+    released = []
+    for row in rows:
+        try:
+            last_step = max(study._storage.get_trial(row.trial_id).intermediate_values, default=row.start_step)
+        except KeyError:
+            last_step = row.start_step
+        spent = max(0, min(int(last_step), row.budget) - row.start_step)
+        connection.execute(
+            claims_table.update()
+            .where(claims_table.c.id == row.id)
+            .values(state=LOST, spent=spent, reserved=spent, finished_at=_now())
+        )
+        logger.warning(
+            "Trial %d of worker %s sent no heartbeat for %.0f s: it is lost, and its job goes to the next attempt.",
+            row.trial_number, row.worker, _now() - row.heartbeat_at,
+        )
+        released.append(row.trial_id)
+    return released
+
+
+def _fail_lost_trials(study: Study, trial_ids: List[int]) -> None:
+    for trial_id in trial_ids:
+        try:
+            study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except (RuntimeError, ValueError) as error:  # The trial ended meanwhile.
+            logger.info("Lost trial id %d was not failed: %s", trial_id, error)
 
 
 def _results_per_rung(database: StudyDatabase, study_id: int) -> Dict[int, int]:

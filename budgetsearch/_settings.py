@@ -62,6 +62,8 @@ class StudySettings:
     metric: str = "value"
     n_min: Optional[int] = None
     artifact_dir: Optional[str] = None
+    heartbeat_interval: float = 10.0
+    grace_period: float = 60.0
 
     def __post_init__(self) -> None:
         _check_choice("direction", self.direction, DIRECTIONS)
@@ -112,6 +114,15 @@ class StudySettings:
         retries = self.max_retries
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"max_retries={retries!r} is invalid: it must be a non-negative integer.")
+        for name in ("heartbeat_interval", "grace_period"):
+            seconds = getattr(self, name)
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
+                raise ValueError(f"{name}={seconds!r} is invalid: it must be a positive number of seconds.")
+        if self.grace_period <= 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"grace_period={self.grace_period} is invalid: it must exceed twice heartbeat_interval="
+                f"{self.heartbeat_interval}, or a live worker whose heartbeat is late would be declared lost."
+            )
         if not isinstance(self.schedule_options, dict):
             raise ValueError(
                 f"schedule_options={self.schedule_options!r} is invalid: it must be a dict."
@@ -203,6 +214,8 @@ class StudyDefaults:
     metric: str = "value"
     n_min: Optional[int] = None
     artifact_dir: Optional[str] = None
+    heartbeat_interval: float = 10.0
+    grace_period: float = 60.0
     timeout: Optional[float] = None
 
     def __post_init__(self) -> None:

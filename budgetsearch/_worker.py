@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from budgetsearch import _attrs
-from budgetsearch._jobs import LOST
+from budgetsearch._jobs import LOST, RUNNING
 from budgetsearch._pruner import BudgetPruner
 from budgetsearch._sampler import BudgetSampler
 from budgetsearch._tables import claims_table, database_for
@@ -65,8 +65,57 @@ class _SignalStop:
             raise WorkerStopped(signal.Signals(signum).name)
 
 
-# NOTE: a worker killed with SIGKILL, or whose machine dies, leaves its trial RUNNING
-# and its claim unfinished; no heartbeat fails such a trial or releases its job yet.
+class _Heartbeat:
+    """A thread that stamps the running trial's claim every ``interval`` seconds.
+
+    PyTorch releases the GIL in its kernels and CPython switches threads every few
+    milliseconds otherwise, so long training steps do not stop the beat.
+    """
+
+    def __init__(self, database: Any, study_id: int, trial_number: int, interval: float, worker_id: str) -> None:
+        self._database = database
+        self._study_id = study_id
+        self._trial_number = trial_number
+        self._interval = interval
+        self._worker_id = worker_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_number}", daemon=True)
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.wait(self._interval):
+            try:
+                self._database.run(self._beat, attempts=3)
+                failures = 0
+            except sa.exc.SQLAlchemyError as error:
+                failures += 1
+                # Logged once per run of failures, so an outage does not flood the log.
+                if failures == 1:
+                    logger.warning(
+                        "Worker %s: heartbeat of trial %d failed: %s", self._worker_id, self._trial_number, error
+                    )
+
+    # NOTE: heartbeats are time.time() of the worker's machine, compared with the clock
+    # of the worker that checks them: machines whose clocks differ by more than the
+    # grace period minus the interval would declare live trials lost.
+    def _beat(self, connection: sa.engine.Connection) -> None:
+        connection.execute(
+            claims_table.update()
+            .where(claims_table.c.study_id == self._study_id)
+            .where(claims_table.c.trial_number == self._trial_number)
+            .where(claims_table.c.state == RUNNING)
+            .values(heartbeat_at=time.time())
+        )
+
+
 def run_worker(
     study_name: str,
     storage: Any,
@@ -83,9 +132,9 @@ def run_worker(
     good and the worker goes on. A trial interrupted by SIGINT or SIGTERM is failed
     and its job is released to the next attempt, so another worker runs it again.
     """
-    sampler = BudgetSampler(use_stored_settings=True)
+    sampler = BudgetSampler(use_stored_settings=True, send_heartbeats=True)
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=BudgetPruner())
-    sampler.settings_for(study)
+    settings = sampler.settings_for(study)
     database = database_for(study._storage)
     report = WorkerReport()
     logger.info("Worker %s started on study %r.", worker_id, study_name)
@@ -98,8 +147,13 @@ def run_worker(
             if max_jobs is not None and report.complete + report.pruned + report.failed >= max_jobs:
                 break
             if sampler.peek_job(study) is None:
-                logger.info("Worker %s stops: no job fits the study's limits.", worker_id)
-                break
+                # Budget held by running trials may come back if one of them is lost,
+                # so the worker waits for them before it stops.
+                if _running_claims(database, study._study_id) == 0:
+                    logger.info("Worker %s stops: no job fits the study's limits.", worker_id)
+                    break
+                stop.requested.wait(settings.heartbeat_interval)
+                continue
             trial = study.ask()
 
             if trial.user_attrs.get(_attrs.BUDGET) is None:
@@ -107,12 +161,16 @@ def run_worker(
                 study.tell(trial, state=TrialState.PRUNED)
                 break
 
-            outcome = _run_trial(study, trial, objective, worker_id, stop)
+            with _Heartbeat(database, study._study_id, trial.number, settings.heartbeat_interval, worker_id):
+                outcome = _run_trial(study, trial, objective, worker_id, stop)
             if outcome == "lost":
                 _mark_lost(database, study._study_id, trial.number)
                 report.lost += 1
                 report.stopped_by_signal = True
                 break
+            if outcome == "discarded":
+                report.lost += 1
+                continue
             setattr(report, outcome, getattr(report, outcome) + 1)
 
     if stop.requested.is_set():
@@ -136,26 +194,54 @@ def _run_trial(
         finally:
             stop.in_objective = False
     except optuna.TrialPruned:
-        study.tell(trial, state=TrialState.PRUNED)
-        return "pruned"
+        return "pruned" if _tell(study, trial, worker_id, state=TrialState.PRUNED) is not None else "discarded"
     except WorkerStopped as interruption:
         logger.warning(
             "Worker %s stopped by %s during trial %d; its job goes to the next attempt.",
             worker_id, interruption, trial.number,
         )
-        study.tell(trial, state=TrialState.FAIL)
+        _tell(study, trial, worker_id, state=TrialState.FAIL)
         return "lost"
     except Exception as error:  # An objective's error fails its own trial only.
         logger.warning("Worker %s: trial %d failed: %s: %s", worker_id, trial.number, type(error).__name__, error, exc_info=True)
-        study.tell(trial, state=TrialState.FAIL)
-        return "failed"
+        return "failed" if _tell(study, trial, worker_id, state=TrialState.FAIL) is not None else "discarded"
 
-    frozen = study.tell(trial, value)
+    frozen = _tell(study, trial, worker_id, value)
+    if frozen is None:
+        return "discarded"
     if frozen.state == TrialState.COMPLETE:
         logger.info("Worker %s: trial %d finished with value %r.", worker_id, trial.number, frozen.value)
         return "complete"
     logger.warning("Worker %s: trial %d failed: the objective returned %r, not a finite number.", worker_id, trial.number, value)
     return "failed"
+
+
+def _tell(study: optuna.Study, trial: optuna.trial.Trial, worker_id: str, *args: Any, **kwargs: Any) -> Any:
+    """Tell Optuna a trial's end; return None if the trial was already failed as lost."""
+    try:
+        return study.tell(trial, *args, **kwargs)
+    except ValueError as error:
+        if "Cannot tell" not in str(error):
+            raise
+        logger.warning(
+            "Worker %s: trial %d was declared lost (its heartbeat was late), so its result is discarded.",
+            worker_id, trial.number,
+        )
+        return None
+
+
+def _running_claims(database: Any, study_id: int) -> int:
+    def count(connection: sa.engine.Connection) -> int:
+        return int(
+            connection.execute(
+                sa.select(sa.func.count())
+                .select_from(claims_table)
+                .where(claims_table.c.study_id == study_id)
+                .where(claims_table.c.state == RUNNING)
+            ).scalar()
+        )
+
+    return database.run(count)
 
 
 def _mark_lost(database: Any, study_id: int, trial_number: int) -> None:

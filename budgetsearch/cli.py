@@ -158,6 +158,8 @@ _SETTING_FLAGS = {
     "budget_unit": "budget_unit",
     "max_retries": "max_retries",
     "n_min": "n_min",
+    "heartbeat_interval": "heartbeat_interval",
+    "grace_period": "grace_period",
 }
 
 
@@ -527,6 +529,12 @@ def _add_study_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--warmup", type=_non_negative_int, help="learning-rate warm-up, in the budget unit.")
     group.add_argument("--budget-unit", choices=BUDGET_UNITS, help="unit of every budget.")
     group.add_argument("--max-retries", type=_non_negative_int, help="runs of a job whose worker was lost.")
+    group.add_argument("--heartbeat-interval", type=_positive_seconds, help="seconds between a worker's heartbeats (default 10).")
+    group.add_argument(
+        "--grace-period",
+        type=_positive_seconds,
+        help="seconds without a heartbeat after which a trial is lost and its job runs again (default 60).",
+    )
     parser.add_argument("--timeout", type=_positive_seconds, help="seconds after which no new trial starts; running trials finish.")
     parser.add_argument("--verbose", action="store_true", help="log every job claimed and finished.")
 

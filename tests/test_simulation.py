@@ -38,7 +38,8 @@ def synthetic(trial):
 def run_study(min_budget, max_budget, eta, workers, algorithm, n_trials):
     storage = optuna.storages.InMemoryStorage()
     sampler = BudgetSampler(
-        min_budget, max_budget, eta, n_trials=n_trials, seed=0, base_sampler="random", algorithm=algorithm
+        min_budget, max_budget, eta, n_trials=n_trials, seed=0, base_sampler="random", algorithm=algorithm,
+        heartbeat_interval=0.05, grace_period=30.0,
     )
     study = optuna.create_study(study_name="simulated", storage=storage, sampler=sampler, pruner=BudgetPruner())
     sampler.settings_for(study)
