@@ -118,11 +118,18 @@ class StudyDatabase:
                     "upgrade budgetsearch to use this database."
                 )
             elif row.version < SCHEMA_VERSION:
-                raise SchemaVersionError(
+                message = (
                     f"The budgetsearch tables in this database have schema version {row.version}, "
                     f"but this budgetsearch uses version {SCHEMA_VERSION}. "
                     "Run `budgetsearch db upgrade --storage URL` to upgrade them."
                 )
+                # Reading a column the old schema lacks gives the database's own error,
+                # kept as the cause so that its text is in the traceback.
+                try:
+                    connection.execute(sa.select(claims_table.c.heartbeat_at).limit(1)).all()
+                except DBAPIError as error:
+                    raise SchemaVersionError(message) from error
+                raise SchemaVersionError(message)
 
         self.run(create)
 

@@ -587,6 +587,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     import optuna
+    import sqlalchemy.exc
 
     optuna.logging.set_verbosity(optuna.logging.INFO if getattr(args, "verbose", False) else optuna.logging.WARNING)
     from budgetsearch._sampler import SettingsMismatchError
@@ -598,6 +599,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UsageError, StudyFileError, SettingsMismatchError, SchemaVersionError) as error:
         print(f"budgetsearch: error: {error}", file=sys.stderr)
         return 2
+    except sqlalchemy.exc.OperationalError as error:
+        storage = getattr(args, "storage", "")
+        reason = _mask_in(str(error.orig).strip().splitlines()[0] if error.orig else str(error), storage)
+        print(
+            f"budgetsearch: error: the study database {mask_url(storage)} failed: {reason}. "
+            "Check that the server is running and reachable, then run the command again.",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -89,8 +89,11 @@ def scratch_database_url(request, tmp_path):
 def test_upgrade_from_version_1(scratch_database_url):
     engine = create_engine_for(scratch_database_url)
     version_1_tables(engine)
-    with pytest.raises(SchemaVersionError, match="schema version 1, but this budgetsearch uses version 2"):
+    with pytest.raises(SchemaVersionError, match="schema version 1, but this budgetsearch uses version 2") as raised:
         StudyDatabase(engine)
+    assert "budgetsearch db upgrade" in str(raised.value)
+    assert isinstance(raised.value.__cause__, sa.exc.DBAPIError)
+    assert "heartbeat_at" in str(raised.value.__cause__)
     StudyDatabase(engine, upgrade=True)
     StudyDatabase(engine)
     columns = {column["name"] for column in sa.inspect(engine).get_columns("budgetsearch_claims")}
