@@ -753,11 +753,16 @@ def check_settings_match(stored: StudySettings, requested: StudySettings, study_
     if requested.seed is None:
         differences.pop("seed", None)
     if differences:
-        listed = "; ".join(f"{name}: stored {a!r}, given {b!r}" for name, (a, b) in sorted(differences.items()))
-        raise SettingsMismatchError(
-            f"study {study_name!r} already exists with other settings ({listed}). Leave these "
-            "flags out to use the stored settings, or pick a new --study-name."
-        )
+        raise SettingsMismatchError(mismatch_message(study_name, differences))
+
+
+def mismatch_message(study_name: str, differences: Dict[str, tuple]) -> str:
+    """Return the error text for settings ``{name: (stored, given)}`` that contradict a stored study."""
+    listed = "; ".join(f"{name}: stored {a!r}, given {b!r}" for name, (a, b) in sorted(differences.items()))
+    return (
+        f"study {study_name!r} already exists with other settings ({listed}). Leave these "
+        "flags out to use the stored settings, or pick a new --study-name."
+    )
 
 
 def _fresh_seed() -> int:

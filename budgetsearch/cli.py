@@ -183,7 +183,7 @@ def open_study(args: argparse.Namespace, study_file: Any) -> Any:
     """Create the study with its resolved settings, or load it and check the flags against it."""
     import optuna
 
-    from budgetsearch._sampler import BudgetSampler, check_settings_match
+    from budgetsearch._sampler import BudgetSampler, check_settings_match, mismatch_message
     from budgetsearch._status import load_settings
     from budgetsearch._tables import database_for
 
@@ -223,11 +223,7 @@ def open_study(args: argparse.Namespace, study_file: Any) -> Any:
         if explicit.get("seed") is None:
             conflicts.pop("seed", None)
         if conflicts:
-            listed = "; ".join(f"{name}: stored {a!r}, given {b!r}" for name, (a, b) in sorted(conflicts.items()))
-            raise UsageError(
-                f"study {study_name!r} already exists with other settings ({listed}). Leave these "
-                "flags out to use the stored settings, or pick a new --study-name."
-            )
+            raise UsageError(mismatch_message(study_name, conflicts))
         try:
             requested = dataclasses.replace(stored, **explicit)
             check_settings_match(stored, requested, study_name)
