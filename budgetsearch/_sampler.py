@@ -674,6 +674,9 @@ def _parameter_count(database: StudyDatabase, study: Study) -> Optional[int]:
     return len(study._storage.get_trial(trial_id).distributions)
 
 
+# TODO: every decision reads all claim rows of the study, so its time grows with the study
+# (about 250 ms at 10,000 trials on PostgreSQL, see benchmarks/README.md); finished claims
+# cannot change and could be cached per worker, reading only rows with a newer sequence.
 def _decide(connection: sa.engine.Connection, study_id: int, settings: StudySettings) -> Optional[Job]:
     rows = connection.execute(
         sa.select(
