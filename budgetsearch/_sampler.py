@@ -136,7 +136,8 @@ class _RungStudy(Study):
     def _keep(self, trial: FrozenTrial) -> bool:
         attrs = trial.user_attrs
         if trial.state == TrialState.COMPLETE:
-            return attrs.get(_attrs.RUNG) == self._rung
+            # Optuna completes a trial that returned infinity; budgetsearch counts it as failed.
+            return attrs.get(_attrs.RUNG) == self._rung and math.isfinite(trial.value)
         return trial.state == TrialState.RUNNING and attrs.get(_attrs.CONFIG) == trial.number
 
     def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list:

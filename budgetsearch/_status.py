@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any, Dict, List, Optional
 
@@ -152,7 +153,10 @@ def duplicate_jobs(trials: List[optuna.trial.FrozenTrial]) -> int:
 
 def best_result(trials: List[optuna.trial.FrozenTrial], settings: StudySettings) -> Optional[Dict[str, Any]]:
     """Return the best complete result at the highest rung that has one; ties go to the lower trial number."""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and _attrs.RUNG in t.user_attrs]
+    complete = [
+        t for t in trials
+        if t.state == TrialState.COMPLETE and _attrs.RUNG in t.user_attrs and math.isfinite(t.value)
+    ]
     if not complete:
         return None
     top = max(t.user_attrs[_attrs.RUNG] for t in complete)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -41,7 +42,9 @@ class _SignalStop:
     """Turn the first SIGINT or SIGTERM into a clean stop of the running trial."""
 
     def __init__(self) -> None:
-        self.requested = threading.Event()
+        # A plain flag: a signal handler must not take locks, as Event.set() does, or a
+        # second signal arriving during the first handler could deadlock the worker.
+        self.requested = False
         # The signal interrupts only a running objective; elsewhere (claims, tell) it
         # lets the step finish and the loop ends at the next check.
         self.in_objective = False
@@ -58,9 +61,9 @@ class _SignalStop:
             signal.signal(sig, handler)
 
     def _handle(self, signum: int, _frame: Any) -> None:
-        if self.requested.is_set():
+        if self.requested:
             return
-        self.requested.set()
+        self.requested = True
         if self.in_objective:
             raise WorkerStopped(signal.Signals(signum).name)
 
@@ -140,7 +143,7 @@ def run_worker(
     logger.info("Worker %s started on study %r.", worker_id, study_name)
 
     with _SignalStop() as stop:
-        while not stop.requested.is_set():
+        while not stop.requested:
             if deadline is not None and time.time() >= deadline:
                 logger.info("Worker %s reached its timeout; no new trial starts.", worker_id)
                 break
@@ -152,7 +155,7 @@ def run_worker(
                 if _running_claims(database, study._study_id) == 0:
                     logger.info("Worker %s stops: no job fits the study's limits.", worker_id)
                     break
-                stop.requested.wait(settings.heartbeat_interval)
+                _sleep_unless_stopped(stop, settings.heartbeat_interval)
                 continue
             trial = study.ask()
 
@@ -173,7 +176,7 @@ def run_worker(
                 continue
             setattr(report, outcome, getattr(report, outcome) + 1)
 
-    if stop.requested.is_set():
+    if stop.requested:
         report.stopped_by_signal = True
     logger.info(
         "Worker %s stopped: %d complete, %d pruned, %d failed, %d lost.",
@@ -187,7 +190,7 @@ def _run_trial(
 ) -> str:
     try:
         stop.in_objective = True
-        if stop.requested.is_set():
+        if stop.requested:
             raise WorkerStopped("a stop request")
         try:
             value = objective(trial)
@@ -202,10 +205,15 @@ def _run_trial(
         )
         _tell(study, trial, worker_id, state=TrialState.FAIL)
         return "lost"
-    except Exception as error:  # An objective's error fails its own trial only.
+    except (Exception, SystemExit, KeyboardInterrupt) as error:  # An objective's error fails its own trial only.
         logger.warning("Worker %s: trial %d failed: %s: %s", worker_id, trial.number, type(error).__name__, error, exc_info=True)
         return "failed" if _tell(study, trial, worker_id, state=TrialState.FAIL) is not None else "discarded"
 
+    if not _is_finite_number(value):
+        logger.warning(
+            "Worker %s: trial %d failed: the objective returned %r, not a finite number.", worker_id, trial.number, value
+        )
+        return "failed" if _tell(study, trial, worker_id, state=TrialState.FAIL) is not None else "discarded"
     frozen = _tell(study, trial, worker_id, value)
     if frozen is None:
         return "discarded"
@@ -230,7 +238,26 @@ def _tell(study: optuna.Study, trial: optuna.trial.Trial, worker_id: str, *args:
         return None
 
 
+def _is_finite_number(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _sleep_unless_stopped(stop: _SignalStop, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not stop.requested and time.monotonic() < deadline:
+        time.sleep(min(0.1, seconds))
+
+
 def _running_claims(database: Any, study_id: int) -> int:
+    """Count the running claims whose budget may come back: those with heartbeats.
+
+    A claim without heartbeats (a trial of ``study.optimize``) is never declared lost,
+    so waiting for it could last forever.
+    """
+
     def count(connection: sa.engine.Connection) -> int:
         return int(
             connection.execute(
@@ -238,6 +265,7 @@ def _running_claims(database: Any, study_id: int) -> int:
                 .select_from(claims_table)
                 .where(claims_table.c.study_id == study_id)
                 .where(claims_table.c.state == RUNNING)
+                .where(claims_table.c.heartbeat_at.is_not(None))
             ).scalar()
         )
 

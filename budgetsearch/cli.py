@@ -77,8 +77,8 @@ def mask_url(url: str) -> str:
 
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        return url
+    except (ArgumentError, ValueError):
+        return "<an invalid URL>"
     if parsed.password is None:
         return url
     return parsed.render_as_string(hide_password=True)
@@ -90,7 +90,7 @@ def _mask_in(text: str, url: str) -> str:
 
     try:
         password = make_url(url).password
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return text
     if password:
         text = text.replace(str(password), "***")
@@ -105,7 +105,7 @@ def open_storage(url: str) -> Any:
 
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise UsageError(
             f"storage URL {mask_url(url)!r} is invalid: use an SQLAlchemy URL such as "
             "sqlite:///budgetsearch.db or postgresql+psycopg://user@host/db."
@@ -122,7 +122,7 @@ def open_storage(url: str) -> Any:
             _enable_sqlite_wal(database)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except (SQLAlchemyError, ImportError, ValueError, RuntimeError) as error:
+    except Exception as error:  # Drivers raise many types for a bad URL or an unreachable server.
         reason = _mask_in(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, url)
         raise UsageError(
             f"cannot open storage {mask_url(url)}: {reason}. Check the URL, that the server is "
@@ -449,6 +449,8 @@ def command_status(args: argparse.Namespace) -> int:
 
     from budgetsearch._status import summary
 
+    if not _study_may_exist(args.storage):
+        raise UsageError(f"storage {mask_url(args.storage)} not found: pass the --storage URL the study was created with.")
     storage = open_storage(args.storage)
     if args.study_name is None:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
@@ -518,13 +520,21 @@ def _add_study_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sampler", choices=SAMPLERS, help="base Optuna sampler for new configurations.")
     group.add_argument("--seed", type=int, help="study seed; each trial's sampler seed derives from it and the trial number.")
     group.add_argument("--min-budget", type=_positive_int, help="budget of rung 0, in the study's budget unit.")
-    group.add_argument("--max-budget", type=_positive_int, help="budget of the top rung.")
+    group.add_argument("--max-budget", type=_positive_int, help="budget of the top rung, in the study's budget unit.")
     group.add_argument("--reduction-factor", type=_reduction_factor, help="integer eta, at least 2.")
-    group.add_argument("--total-budget", type=_positive_int, help="limit on the sum of all trials' budgets.")
-    group.add_argument("--n-trials", type=_positive_int, help="limit on the number of jobs in the whole study.")
+    group.add_argument(
+        "--total-budget", type=_positive_int, help="limit on the sum of all trials' reserved budgets, in the budget unit."
+    )
+    group.add_argument(
+        "--n-trials",
+        type=_positive_int,
+        help="limit on the number of jobs (configuration and rung) in the whole study; retries of a job do not count.",
+    )
     group.add_argument("--warmup", type=_non_negative_int, help="learning-rate warm-up, in the budget unit.")
     group.add_argument("--budget-unit", choices=BUDGET_UNITS, help="unit of every budget.")
-    group.add_argument("--max-retries", type=_non_negative_int, help="runs of a job whose worker was lost.")
+    group.add_argument(
+        "--max-retries", type=_non_negative_int, help="extra attempts of a job whose worker was lost (default 2)."
+    )
     group.add_argument("--heartbeat-interval", type=_positive_seconds, help="seconds between a worker's heartbeats (default 10).")
     group.add_argument(
         "--grace-period",
@@ -563,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = subparsers.add_parser("status", help="print a study's progress and best result.")
     _add_storage(status)
-    status.add_argument("--study-name", help="the study to show.")
+    status.add_argument("--study-name", help="the study to show (required; without it, the error lists the studies).")
     status.add_argument("--json", action="store_true", help="print a machine-readable JSON summary.")
     status.set_defaults(handler=command_status)
 
@@ -606,6 +616,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of the output, such as `head`, closed it early.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

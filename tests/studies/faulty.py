@@ -1,5 +1,6 @@
 """A study whose objective fails in every way an objective can: tests run it to check that only its own trial fails."""
 
+import math
 import os
 import time
 
@@ -24,4 +25,6 @@ def objective(trial):
         return float("nan")
     if x < 0.45:
         return "not a number"
+    if x < 0.55:
+        return -math.inf
     return x
