@@ -187,6 +187,12 @@ def test_unreachable_storage_masks_password(url, cli_environment):
 
 
 def test_status_of_missing_study(sqlite_url, cli_environment):
+    missing_file = run_cli(cli_environment, "status", "--storage", sqlite_url, "--study-name", "nope")
+    assert missing_file.returncode == 2
+    assert "not found" in missing_file.stderr
+    assert not os.path.exists(sqlite_url[len("sqlite:///"):])
+
+    optuna.create_study(study_name="other", storage=sqlite_url)
     result = run_cli(cli_environment, "status", "--storage", sqlite_url, "--study-name", "nope")
     assert result.returncode == 2
     assert "'nope' not found" in result.stderr
