@@ -9,7 +9,7 @@ ATTEMPT = PREFIX + "attempt"
 PARENT = PREFIX + "parent"
 RESUMED_FROM_STEP = PREFIX + "resumed_from_step"
 SCHEDULE = PREFIX + "schedule"
-# Where the trial's training starts: its parent's trunk step in resume mode, else 0.
+# Step at which the trial's training starts: its parent's trunk step in resume mode, else 0.
 START_STEP = PREFIX + "start_step"
 TRUNK_ARTIFACT = PREFIX + "trunk_artifact"
 RESUME_FALLBACK = PREFIX + "resume_fallback"

@@ -18,7 +18,6 @@ COMPLETE = "complete"
 PRUNED = "pruned"
 FAILED = "failed"
 LOST = "lost"
-FINAL_STATES = (COMPLETE, PRUNED, FAILED)
 
 
 @dataclass(frozen=True)

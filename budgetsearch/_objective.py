@@ -1,4 +1,4 @@
-"""What an objective function calls: its trial's budget, schedule and device."""
+"""Functions an objective calls for its trial's budget, schedule and device."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ def check_artifact_dir(path: str) -> None:
 class ResumePoint:
     """Where a trial's training starts and where it saves its trunk checkpoint.
 
-    ``start_step`` is 0 for a trial that starts from scratch; for a trial promoted in
+    ``start_step`` is 0 for a trial that starts from scratch. For a trial promoted in
     resume mode it is the parent's trunk step, and ``state`` is the object the
     parent passed to :meth:`save`. ``trunk_step`` is the step at which this trial
     saves its own trunk (``None`` in restart mode, where nothing is saved).

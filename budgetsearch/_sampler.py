@@ -676,8 +676,8 @@ def _parameter_count(database: StudyDatabase, study: Study) -> Optional[int]:
 
 
 # TODO: every decision reads all claim rows of the study, so its time grows with the study
-# (about 250 ms at 10,000 trials on PostgreSQL, see benchmarks/README.md); finished claims
-# cannot change and could be cached per worker, reading only rows with a newer sequence.
+# (about 250 ms at 10,000 trials on PostgreSQL, see benchmarks/README.md). Finished claims
+# cannot change, so a worker could cache them and read only rows with a newer sequence.
 def _decide(connection: sa.engine.Connection, study_id: int, settings: StudySettings) -> Optional[Job]:
     rows = connection.execute(
         sa.select(

@@ -101,7 +101,7 @@ def open_storage(url: str) -> Any:
     """Open the Optuna RDB storage at ``url``, set up for several local processes on SQLite."""
     import optuna
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    from sqlalchemy.exc import ArgumentError
 
     try:
         parsed = make_url(url)
@@ -262,7 +262,7 @@ def _study_may_exist(url: str) -> bool:
 # -- run -----------------------------------------------------------------------------
 
 
-def _parse_devices(text: Optional[str], workers: Optional[int]) -> List[str]:
+def _parse_devices(text: Optional[str]) -> List[str]:
     if text:
         devices = [item.strip() for item in text.split(",") if item.strip()]
         for device in devices:
@@ -290,7 +290,7 @@ def command_run(args: argparse.Namespace) -> int:
 
     study_file = load_study_file(args.study_file)
     study, settings = open_study(args, study_file)
-    devices = _parse_devices(args.devices, args.workers)
+    devices = _parse_devices(args.devices)
     workers = args.workers or len(devices)
     cpu_sets = _cpu_sets(workers)
     timeout = args.timeout if args.timeout is not None else study_file.defaults.timeout

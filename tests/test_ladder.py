@@ -30,7 +30,8 @@ def test_rungs_strictly_increase(min_budget, max_budget, eta):
 def test_rungs_over_wide_grid():
     for min_budget, max_budget, eta in itertools.product([1, 2, 3, 5, 10], [11, 80, 81, 243, 1000, 6000], [2, 3, 4, 5]):
         budgets = Ladder(min_budget, max_budget, eta).budgets
-        assert budgets[0] == min_budget and budgets[-1] == max_budget
+        assert budgets[0] == min_budget
+        assert budgets[-1] == max_budget
         assert all(a < b for a, b in zip(budgets, budgets[1:]))
         # Every rung but the top one is an exact power-of-eta multiple of min_budget.
         assert all(b == min_budget * eta**k for k, b in enumerate(budgets[:-1]))

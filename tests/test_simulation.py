@@ -104,7 +104,7 @@ def test_hyperband_simulation(min_budget, max_budget, eta, workers):
     rows = check_promotions(study, eta)
     assert sum(1 for row in rows if row.parent is not None) > 0
 
-    # The first 300 new configurations are spread over brackets as Hyperband's schedule says.
+    # The first 300 new configurations are spread over brackets in Hyperband's proportions.
     new = sorted((row for row in rows if row.rung == row.bracket and row.attempt == 0), key=lambda r: r.claimed_sequence)
     assert len(new) >= 300
     counts = Counter(row.bracket for row in new[:300])
