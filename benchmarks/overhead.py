@@ -1,13 +1,21 @@
-"""Measure the decision overhead of budgetsearch's pair next to Optuna's HyperbandPruner.
+"""Measure the overhead of budgetsearch's pair next to Optuna's HyperbandPruner.
 
-For each database and study size, the study is first filled in bulk with complete
-trials, then one job is timed many times with a no-op objective: ``ask`` (which
-claims a job), one ``report`` plus ``should_prune``, and ``tell``. Optuna's
-``HyperbandPruner`` with the same base sampler is measured in the same run, so the
-two columns share the machine's load.
+(a) Decision overhead. For each database and study size, the study is first filled in
+bulk with complete trials, then one job is timed many times with a no-op objective:
+``ask`` (which claims a job), one ``report`` plus ``should_prune``, and ``tell``.
+Three set-ups are timed in the same run, so they share the machine's load: Optuna
+with the same base sampler and no pruner (the cost of Optuna's storage alone),
+budgetsearch's pair, and Optuna's ``HyperbandPruner``. The overhead of a pair is its
+time minus the no-pruner time.
 
-    python benchmarks/overhead.py --quick              # PostgreSQL, 100 and 10,000 trials, random sampler
-    python benchmarks/overhead.py --sizes 100 1000 10000 --samplers random tpe
+(b) Throughput. Worker processes share one PostgreSQL study and run a zero-cost
+objective for a fixed time: ``budgetsearch``'s worker loop (the code behind
+``budgetsearch worker``) against ``study.optimize`` with ``HyperbandPruner`` and the
+random sampler. The table gives finished trials per second and the number of jobs
+that ran more than once.
+
+    python benchmarks/overhead.py --quick              # PostgreSQL, 100 and 10,000 trials, random, 4 workers
+    python benchmarks/overhead.py                      # every database, size, sampler and worker count
 
 Server URLs come from BUDGETSEARCH_TEST_POSTGRES_URL and BUDGETSEARCH_TEST_MYSQL_URL;
 each measurement uses a database of its own that the script creates and drops.
@@ -16,121 +24,74 @@ each measurement uses a database of its own that the script creates and drops.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import tempfile
 import time
 import uuid
-from typing import Dict, List
+from contextlib import contextmanager
+from typing import Dict, Iterator, List
 
 import optuna
-import sqlalchemy as sa
-from optuna.distributions import FloatDistribution
 
 import budgetsearch
-from budgetsearch._tables import claims_table, database_for
+from budgetsearch.testing import fill_study, scratch_database
 
-ATTR = "budgetsearch:"
 SERVER_VARIABLES = {"postgresql": "BUDGETSEARCH_TEST_POSTGRES_URL", "mysql": "BUDGETSEARCH_TEST_MYSQL_URL"}
+SETUPS = ("baseline", "ours", "hyperband")
 
 
-def scratch_url(backend: str, folder: str) -> tuple:
-    """Return (url, cleanup) for an empty database of ``backend``."""
+@contextmanager
+def scratch_url(backend: str, folder: str) -> Iterator[str]:
+    """Yield the URL of an empty database of ``backend``, removed afterwards."""
     if backend == "sqlite":
-        return f"sqlite:///{os.path.join(folder, uuid.uuid4().hex + '.db')}", lambda: None
-    base = os.environ.get(SERVER_VARIABLES[backend])
-    if not base:
-        raise SystemExit(f"{SERVER_VARIABLES[backend]} is not set: set it to a {backend} server URL.")
-    name = f"bs_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f"CREATE DATABASE {name}")
-
-    def drop() -> None:
-        with admin.connect() as connection:
-            if admin.dialect.name == "postgresql":
-                connection.exec_driver_sql(
-                    f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-                )
-            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-        admin.dispose()
-
-    return sa.engine.make_url(base).set(database=name).render_as_string(hide_password=False), drop
-
-
-def base_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(seed=seed) if name == "tpe" else optuna.samplers.RandomSampler(seed=seed)
-
-
-def fill(study: optuna.Study, size: int, ours: bool) -> None:
-    """Add ``size`` complete trials at the lowest budget, and for ours their claims."""
-    distribution = FloatDistribution(0.0, 1.0)
-    values = [((number * 7919) % size) / size for number in range(size)]
-    trials = []
-    for number, value in enumerate(values):
-        attrs = {ATTR + "config": number, ATTR + "rung": 0, ATTR + "budget": 1, ATTR + "attempt": 0} if ours else {}
-        trials.append(
-            optuna.trial.create_trial(
-                params={"x": value}, distributions={"x": distribution}, value=value,
-                intermediate_values={1: value}, user_attrs=attrs,
-            )
-        )
-    study.add_trials(trials)
-    if not ours:
+        yield f"sqlite:///{os.path.join(folder, uuid.uuid4().hex + '.db')}"
         return
-    database = database_for(study._storage)
-    ids = {t.number: t._trial_id for t in study.get_trials(deepcopy=False)}
-    rows = [
-        dict(
-            study_id=study._study_id, config=n, rung=0, attempt=0, bracket=0, budget=1, start_step=0,
-            reserved=1, spent=1, trial_number=n, trial_id=ids[n], config_trial_id=ids[n], state="complete",
-            value=v, claimed_at=0.0, finished_at=0.0, claimed_sequence=2 * n + 1, finished_sequence=2 * n + 2,
-        )
-        for n, v in enumerate(values)
-    ]
-    # Every promotable configuration already has a finished claim one rung up, so each
-    # timed job starts a new configuration, as most jobs of a large study do.
-    rows += [dict(row, rung=1, budget=3, reserved=3, state="failed", value=None, trial_number=size + row["config"]) for row in rows]
-    with database.engine.begin() as connection:
-        connection.execute(claims_table.insert(), rows)
+    server = os.environ.get(SERVER_VARIABLES[backend])
+    if not server:
+        raise SystemExit(f"{SERVER_VARIABLES[backend]} is not set: set it to a {backend} server URL.")
+    with scratch_database(server, f"bs_bench_{uuid.uuid4().hex[:10]}") as url:
+        yield url
 
 
-def time_jobs(study: optuna.Study, repeats: int) -> Dict[str, List[float]]:
-    times: Dict[str, List[float]] = {"ask": [], "should_prune": [], "tell": []}
+def make_study(url: str, setup: str, sampler_name: str) -> optuna.Study:
+    """Create the study of one set-up: budgets 1, 3 and 9 with eta 3 for both pairs."""
+    if setup == "ours":
+        sampler: optuna.samplers.BaseSampler = budgetsearch.BudgetSampler(1, 9, 3, seed=0, base_sampler=sampler_name)
+        pruner: optuna.pruners.BasePruner = budgetsearch.BudgetPruner()
+    else:
+        sampler = optuna.samplers.TPESampler(seed=0) if sampler_name == "tpe" else optuna.samplers.RandomSampler(seed=0)
+        if setup == "hyperband":
+            pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=9, reduction_factor=3)
+        else:
+            pruner = optuna.pruners.NopPruner()
+    study = optuna.create_study(storage=url, study_name="bench", sampler=sampler, pruner=pruner)
+    if setup == "ours":
+        sampler.settings_for(study)
+    return study
+
+
+def time_jobs(study: optuna.Study, repeats: int) -> List[float]:
+    """Time ``repeats`` jobs of a no-op objective; return each job's seconds."""
+    times = []
     for _ in range(repeats):
         start = time.perf_counter()
         trial = study.ask()
-        asked = time.perf_counter()
         x = trial.suggest_float("x", 0.0, 1.0)
         trial.report(x, 1)
-        before_prune = time.perf_counter()
         trial.should_prune()
-        pruned = time.perf_counter()
         study.tell(trial, x)
-        told = time.perf_counter()
-        times["ask"].append(asked - start)
-        times["should_prune"].append(pruned - before_prune)
-        times["tell"].append(told - pruned)
+        times.append(time.perf_counter() - start)
     return times
 
 
-def measure(backend: str, size: int, sampler_name: str, ours: bool, repeats: int, folder: str) -> Dict[str, List[float]]:
-    url, drop = scratch_url(backend, folder)
-    try:
-        if ours:
-            sampler = budgetsearch.BudgetSampler(1, 9, 3, seed=0, base_sampler=sampler_name)
-            pruner: optuna.pruners.BasePruner = budgetsearch.BudgetPruner()
-        else:
-            sampler = base_sampler(sampler_name, 0)
-            pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=9, reduction_factor=3)
-        study = optuna.create_study(storage=url, study_name="bench", sampler=sampler, pruner=pruner)
-        if ours:
-            sampler.settings_for(study)
-        fill(study, size, ours)
+def measure(backend: str, size: int, sampler_name: str, setup: str, repeats: int, folder: str) -> List[float]:
+    with scratch_url(backend, folder) as url:
+        study = make_study(url, setup, sampler_name)
+        fill_study(study, size, claims=setup == "ours")
         time_jobs(study, 3)  # warm caches and connections
         return time_jobs(study, repeats)
-    finally:
-        drop()
 
 
 def percentile(values: List[float], fraction: float) -> float:
@@ -138,35 +99,118 @@ def percentile(values: List[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
+def decision_table(backends: List[str], sizes: List[int], samplers: List[str], repeats: int) -> None:
+    print(
+        "| database | trials | sampler | Optuna, no pruner | ours | ours p95 | Optuna Hyperband | Hyperband p95 "
+        "| ours overhead | Hyperband overhead |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as folder:
+        for backend in backends:
+            for size in sizes:
+                for sampler_name in samplers:
+                    ms = {}
+                    for setup in SETUPS:
+                        ms[setup] = [t * 1000 for t in measure(backend, size, sampler_name, setup, repeats, folder)]
+                    median = {setup: statistics.median(ms[setup]) for setup in SETUPS}
+                    print(
+                        f"| {backend} | {size} | {sampler_name} | {median['baseline']:.1f} | {median['ours']:.1f} "
+                        f"| {percentile(ms['ours'], 0.95):.1f} | {median['hyperband']:.1f} "
+                        f"| {percentile(ms['hyperband'], 0.95):.1f} | {median['ours'] - median['baseline']:.1f} "
+                        f"| {median['hyperband'] - median['baseline']:.1f} |",
+                        flush=True,
+                    )
+
+
+# -- throughput ---------------------------------------------------------------------
+
+
+def _budget_objective(trial: optuna.Trial) -> float:
+    budget = budgetsearch.trial_budget(trial)
+    x = trial.suggest_float("x", 0.0, 1.0)
+    trial.report(x, budget)
+    return x
+
+
+def _hyperband_objective(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", 0.0, 1.0)
+    # Reports at the rung budgets only, as an efficient objective would.
+    for step in (1, 3, 9):
+        trial.report(x, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    return x
+
+
+def _worker(setup: str, url: str, barrier: "multiprocessing.synchronize.Barrier", seconds: float) -> None:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if setup == "ours":
+        from budgetsearch._worker import run_worker
+
+        barrier.wait()
+        run_worker("bench", url, _budget_objective, deadline=time.time() + seconds)
+    else:
+        sampler = optuna.samplers.RandomSampler()
+        pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=9, reduction_factor=3)
+        study = optuna.load_study(study_name="bench", storage=url, sampler=sampler, pruner=pruner)
+        barrier.wait()
+        study.optimize(_hyperband_objective, timeout=seconds)
+
+
+def throughput(setup: str, workers: int, seconds: float) -> Dict[str, float]:
+    """Run ``workers`` processes for ``seconds``; return trials per second and duplicate jobs."""
+    from budgetsearch._status import duplicate_jobs
+
+    with scratch_url("postgresql", "") as url:
+        make_study(url, setup, "random")
+        context = multiprocessing.get_context("spawn")
+        barrier = context.Barrier(workers + 1)
+        processes = [context.Process(target=_worker, args=(setup, url, barrier, seconds)) for _ in range(workers)]
+        for process in processes:
+            process.start()
+        barrier.wait()
+        start = time.time()
+        for process in processes:
+            process.join()
+        trials = optuna.load_study(study_name="bench", storage=url).get_trials(deepcopy=False)
+        finished = [
+            t for t in trials
+            if t.datetime_complete is not None and t.datetime_complete.timestamp() <= start + seconds
+        ]
+        return {"per_second": len(finished) / seconds, "duplicates": duplicate_jobs(trials)}
+
+
+def throughput_table(worker_counts: List[int], seconds: float) -> None:
+    print("| workers | ours trials/s | Optuna Hyperband trials/s | ratio | ours duplicate jobs |")
+    print("|---|---|---|---|---|")
+    for workers in worker_counts:
+        ours = throughput("ours", workers, seconds)
+        theirs = throughput("hyperband", workers, seconds)
+        print(
+            f"| {workers} | {ours['per_second']:.1f} | {theirs['per_second']:.1f} "
+            f"| {ours['per_second'] / theirs['per_second']:.2f} | {ours['duplicates']} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="PostgreSQL, 100 and 10,000 trials, random sampler.")
+    parser.add_argument("--quick", action="store_true", help="PostgreSQL, 100 and 10,000 trials, random sampler, 4 workers.")
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql", "mysql"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[100, 1000, 10000])
     parser.add_argument("--samplers", nargs="+", default=["random", "tpe"])
     parser.add_argument("--repeats", type=int, default=30, help="timed jobs per measurement.")
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 4, 16], help="worker process counts for (b).")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each throughput run.")
     args = parser.parse_args()
     if args.quick:
-        args.backends, args.sizes, args.samplers = ["postgresql"], [100, 10000], ["random"]
+        args.backends, args.sizes, args.samplers, args.workers = ["postgresql"], [100, 10000], ["random"], [4]
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
-    print("| database | trials | sampler | ours median ms | ours p95 ms | Optuna median ms | Optuna p95 ms | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as folder:
-        for backend in args.backends:
-            for size in args.sizes:
-                for sampler_name in args.samplers:
-                    totals = {}
-                    for ours in (True, False):
-                        times = measure(backend, size, sampler_name, ours, args.repeats, folder)
-                        totals[ours] = [sum(parts) * 1000 for parts in zip(*times.values())]
-                    ours_median = statistics.median(totals[True])
-                    theirs_median = statistics.median(totals[False])
-                    print(
-                        f"| {backend} | {size} | {sampler_name} | {ours_median:.1f} | {percentile(totals[True], 0.95):.1f} "
-                        f"| {theirs_median:.1f} | {percentile(totals[False], 0.95):.1f} | {ours_median / theirs_median:.2f} |",
-                        flush=True,
-                    )
+    print("(a) Median and 95th-percentile milliseconds of one job (ask, report, should_prune, tell)\n")
+    decision_table(args.backends, args.sizes, args.samplers, args.repeats)
+    print(f"\n(b) Finished trials per second on PostgreSQL, zero-cost objective, {args.seconds:.0f} s per run\n")
+    throughput_table(args.workers, args.seconds)
 
 
 if __name__ == "__main__":

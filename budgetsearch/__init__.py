@@ -13,7 +13,8 @@ from budgetsearch._pruner import BudgetPruner
 from budgetsearch._resume import CheckpointError, NoBudgetForRestartError, ResumePoint, resume_for
 from budgetsearch._sampler import BudgetSampler, NoJobError, SettingsMismatchError
 from budgetsearch._settings import StudyDefaults, StudySettings
-from budgetsearch._tables import SchemaVersionError
+from budgetsearch._storage import ReconnectingStorage
+from budgetsearch._tables import DatabaseUnavailableError, SchemaVersionError
 
 __version__ = "0.1.0"
 
@@ -21,10 +22,12 @@ __all__ = [
     "BudgetPruner",
     "BudgetSampler",
     "CheckpointError",
+    "DatabaseUnavailableError",
     "Job",
     "Ladder",
     "NoBudgetForRestartError",
     "NoJobError",
+    "ReconnectingStorage",
     "ResumePoint",
     "SchemaVersionError",
     "SettingsMismatchError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -19,11 +20,13 @@ import sqlalchemy as sa
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.samplers._lazy_random_state import LazyRandomState
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages._rdb import models as rdb_models
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from budgetsearch import _attrs
-from budgetsearch._jobs import COMPLETE, FAILED, LOST, PRUNED, RUNNING, Claim, Job, next_job
+from budgetsearch._jobs import COMPLETE, FAILED, LOST, PRUNED, RUNNING, Claim, ClaimIndex, Job
 from budgetsearch._resume import check_artifact_dir
 from budgetsearch._settings import StudySettings
 from budgetsearch._tables import StudyDatabase, claims_table, database_for, studies_table
@@ -56,10 +59,104 @@ class _TrialPlan:
     model_rung: int = 0
 
 
+_CLAIM_COLUMNS = (
+    "config",
+    "rung",
+    "attempt",
+    "bracket",
+    "budget",
+    "reserved",
+    "trial_number",
+    "config_trial_id",
+    "state",
+    "value",
+    "parent",
+    "start_step",
+)
+
+
+class _ClaimCache:
+    """A worker's copy of a study's claims, read in full once and then only as they change.
+
+    A claim changes state only in a transaction that holds the study's lock and takes
+    the next number of the study's sequence, and a claim that leaves the running state
+    stores that number in ``finished_sequence``. So the finished rows numbered above
+    the highest number seen so far are exactly the changes since the last read. Running
+    rows are few, and each read returns all of them. Use the cache only while holding
+    ``lock``.
+    """
+
+    def __init__(self, direction: str) -> None:  # noqa: D107
+        self.lock = threading.Lock()
+        self._direction = direction
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything, so that the next read reads every row again."""
+        self.index = ClaimIndex(self._direction)
+        self._finished: Dict[int, Claim] = {}
+        self._seen: Optional[int] = None
+        # True while a transaction that wrote into the cache has not committed.
+        self.dirty = False
+
+    def read(self, connection: sa.engine.Connection, study_id: int) -> List[Any]:
+        """Add the finished claims that changed since the last read; return the running rows."""
+        columns = [claims_table.c[name] for name in _CLAIM_COLUMNS]
+        extra = [
+            claims_table.c.id,
+            claims_table.c.finished_sequence,
+            claims_table.c.trial_id,
+            claims_table.c.heartbeat_at,
+            claims_table.c.worker,
+        ]
+        of_study = sa.select(*columns, *extra).where(claims_table.c.study_id == study_id)
+        if self._seen is None:
+            query = of_study
+        else:
+            query = sa.union_all(
+                of_study.where(claims_table.c.state == RUNNING),
+                of_study.where(claims_table.c.finished_sequence > self._seen).where(claims_table.c.state != RUNNING),
+            )
+        running = []
+        seen = self._seen or 0
+        for row in connection.execute(query):
+            if row.state == RUNNING:
+                running.append(row)
+                continue
+            self.finish(row.id, _claim_from(row))
+            seen = max(seen, row.finished_sequence or 0)
+        self._seen = seen
+        return running
+
+    def finish(self, claim_id: int, claim: Claim) -> None:
+        """Put the finished state of one claim into the index, replacing an older one."""
+        old = self._finished.get(claim_id)
+        if old is not None:
+            self.index.remove(old)
+        self.index.add(claim)
+        self._finished[claim_id] = claim
+
+
+def _claim_from(row: Any, **changes: Any) -> Claim:
+    values = {name: getattr(row, name) for name in _CLAIM_COLUMNS}
+    values.update(changes)
+    return Claim(**values)
+
+
+@dataclass
+class _Decision:
+    job: Optional[Job]
+    # Complete results per rung, for the rung the base sampler learns from.
+    results: Dict[int, int]
+    # The trial id of one configuration with a result, to count the parameters.
+    sample_trial_id: Optional[int]
+
+
 @dataclass
 class _Binding:
     database: StudyDatabase
     settings: StudySettings
+    claims: _ClaimCache
     plans: Dict[int, _TrialPlan] = field(default_factory=dict)
     parameter_count: Optional[int] = None
 
@@ -356,7 +453,7 @@ class BudgetSampler(BaseSampler):
                 f"study {study.study_name!r} stores direction {settings.direction!r} but the "
                 f"Optuna study is set to {direction!r}."
             )
-        binding = _Binding(database=database, settings=settings)
+        binding = _Binding(database=database, settings=settings, claims=_ClaimCache(settings.direction))
         with self._lock:
             self._bindings.setdefault(study_id, binding)
             return self._bindings[study_id]
@@ -373,30 +470,81 @@ class BudgetSampler(BaseSampler):
 
     def peek_job(self, study: Study) -> Optional[Job]:
         """Return the job the next trial would get now, without claiming it."""
+        return self._peek(study).job
+
+    def _peek(self, study: Study) -> _Decision:
+        decision = self._decide_and(study, None, lock=False)
+        if decision is None:  # A running trial's heartbeat stopped: release it under the lock.
+            decision = self._decide_and(study, None)
+        assert decision is not None
+        return decision
+
+    def _decide_and(
+        self,
+        study: Study,
+        claim: Optional[Callable[[sa.engine.Connection, Job, int], Job]],
+        lock: bool = True,
+    ) -> Optional[_Decision]:
+        """Decide the next job in one transaction under the study's lock, then ``claim`` it if given.
+
+        Running claims whose heartbeat stopped are declared lost first, and their trials
+        are failed after the transaction commits. Without ``lock`` (a peek that claims
+        nothing), the decision reads without the study's lock. That read is exact,
+        because claims change only in locked transactions, which commit in sequence
+        order. It returns ``None`` if a running claim's heartbeat stopped, because only a
+        locked transaction may release that claim.
+        """
         binding = self._bind(study)
         settings = binding.settings
+        study_id = study._study_id
+        cache = binding.claims
+        released: List[int] = []
 
-        def peek(connection: sa.engine.Connection) -> Tuple[Optional[Job], List[int]]:
-            released = _release_lost(connection, binding.database, study, settings)
-            return _decide(connection, study._study_id, settings), released
+        def decide(connection: sa.engine.Connection) -> Optional[_Decision]:
+            if cache.dirty:
+                cache.reset()  # An earlier transaction wrote into the cache and did not commit.
+            cache.dirty = True
+            sequence = binding.database.next_sequence(connection, study_id) if lock else 0
+            running = cache.read(connection, study_id)
+            if lock:
+                running, released[:] = _release_lost(
+                    connection, binding.database, cache, study, settings, running, sequence
+                )
+            elif any(_is_stale(row, settings) for row in running):
+                return None
+            index = cache.index
+            added = [_claim_from(row) for row in running]
+            for item in added:
+                index.add(item)
+            try:
+                job = index.next_job(
+                    settings.ladder,
+                    total_budget=settings.total_budget,
+                    algorithm=settings.algorithm,
+                    n_trials=settings.n_trials,
+                    max_retries=settings.max_retries,
+                    trunk=settings.trunk_step if settings.mode == "resume" else None,
+                )
+            finally:
+                for item in added:
+                    index.remove(item)
+            sample = index.some_complete()
+            if job is not None and claim is not None:
+                job = claim(connection, job, sequence)
+            return _Decision(job, index.complete_per_rung(), None if sample is None else sample.config_trial_id)
 
-        job, released = binding.database.run(peek)
+        with cache.lock:
+            decision = binding.database.run(decide)
+            cache.dirty = False
         _fail_lost_trials(study, released)
-        return job
+        return decision
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         binding = self._bind(study)
         settings = binding.settings
         study_id = study._study_id
 
-        released: List[int] = []
-
-        def claim(connection: sa.engine.Connection) -> Optional[Job]:
-            sequence = binding.database.next_sequence(connection, study_id)
-            released[:] = _release_lost(connection, binding.database, study, settings)
-            job = _decide(connection, study_id, settings)
-            if job is None:
-                return None
+        def claim(connection: sa.engine.Connection, job: Job, sequence: int) -> Job:
             config = trial.number if job.config is None else job.config
             config_trial_id = trial._trial_id if job.config_trial_id is None else job.config_trial_id
             connection.execute(
@@ -420,20 +568,11 @@ class BudgetSampler(BaseSampler):
                     heartbeat_at=_now() if self._send_heartbeats else None,
                 )
             )
-            return Job(
-                config=config,
-                rung=job.rung,
-                attempt=job.attempt,
-                bracket=job.bracket,
-                budget=job.budget,
-                reserved=job.reserved,
-                parent=job.parent,
-                config_trial_id=config_trial_id,
-                start_step=job.start_step,
-            )
+            return dataclasses.replace(job, config=config, config_trial_id=config_trial_id)
 
-        job = binding.database.run(claim)
-        _fail_lost_trials(study, released)
+        decision = self._decide_and(study, claim)
+        assert decision is not None
+        job = decision.job
         storage = study._storage
         if job is None:
             storage.set_trial_system_attr(trial._trial_id, _attrs.NO_JOB, True)
@@ -463,16 +602,15 @@ class BudgetSampler(BaseSampler):
             attrs[_attrs.PARENT] = job.parent
         if job.start_step:
             attrs[_attrs.START_STEP] = job.start_step
-        for key, value in attrs.items():
-            storage.set_trial_user_attr(trial._trial_id, key, value)
-            # ``trial`` is the Trial's cached copy, which ``Trial.user_attrs`` reads.
-            trial.user_attrs[key] = value
+        _add_user_attrs(storage, trial._trial_id, attrs)
+        # ``trial`` is the Trial's cached copy, which ``Trial.user_attrs`` reads.
+        trial.user_attrs.update(attrs)
 
         plan = _TrialPlan(job=job, config=job.config)
         if job.config != trial.number:
             plan.replay = storage.get_trial(job.config_trial_id)
         else:
-            self._prepare_new_configuration(binding, study, trial, plan)
+            self._prepare_new_configuration(binding, study, trial, plan, decision)
         with self._lock:
             binding.plans[trial._trial_id] = plan
         logger.info(
@@ -507,26 +645,25 @@ class BudgetSampler(BaseSampler):
             config_trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, config)
             plan.replay = study._storage.get_trial(config_trial_id)
         else:
-            self._prepare_new_configuration(binding, study, trial, plan)
+            self._prepare_new_configuration(binding, study, trial, plan, self._peek(study))
         with self._lock:
             binding.plans[trial._trial_id] = plan
         return plan
 
     def _prepare_new_configuration(
-        self, binding: _Binding, study: Study, trial: FrozenTrial, plan: _TrialPlan
+        self, binding: _Binding, study: Study, trial: FrozenTrial, plan: _TrialPlan, decision: _Decision
     ) -> None:
         """Seed a base sampler for this trial and pick the rung it learns from."""
         seed = binding.settings.seed
         plan.base_sampler = make_base_sampler(
             self._base_spec, seed if self._base_spec == "qmc" else _derive_seed(seed, trial.number)
         )
-        results = _results_per_rung(binding.database, study._study_id)
         n_min = binding.settings.n_min
         if n_min is None:
-            if binding.parameter_count is None and results:
-                binding.parameter_count = _parameter_count(binding.database, study)
+            if binding.parameter_count is None and decision.sample_trial_id is not None:
+                binding.parameter_count = len(study._storage.get_trial(decision.sample_trial_id).distributions)
             n_min = (binding.parameter_count or 0) + 1
-        plan.model_rung = max((rung for rung, count in results.items() if count >= n_min), default=0)
+        plan.model_rung = max((rung for rung, count in decision.results.items() if count >= n_min), default=0)
 
     # -- parameters ------------------------------------------------------------------
 
@@ -591,32 +728,38 @@ def _replayed_value(plan: _TrialPlan, trial: FrozenTrial, name: str, distributio
     return replay.params[name]
 
 
+def _is_stale(row: Any, settings: StudySettings) -> bool:
+    """Return whether a running claim's heartbeat stopped for longer than the grace period."""
+    return row.heartbeat_at is not None and row.heartbeat_at < _now() - settings.grace_period
+
+
 def _release_lost(
-    connection: sa.engine.Connection, database: StudyDatabase, study: Study, settings: StudySettings
-) -> List[int]:
+    connection: sa.engine.Connection,
+    database: StudyDatabase,
+    cache: _ClaimCache,
+    study: Study,
+    settings: StudySettings,
+    running: List[Any],
+    sequence: int,
+) -> Tuple[List[Any], List[int]]:
     """Mark running claims whose heartbeat is older than the grace period as lost.
 
     A lost claim keeps only the budget its trial spent, so the job's next attempt can
-    reserve it again. Return the Optuna trial ids to fail once the transaction commits.
+    reserve it again. Return the rows still running and the Optuna trial ids to fail
+    once the transaction commits.
+
+    Nothing is released until this process has reached the database for two heartbeat
+    intervals: after an outage every heartbeat is old, and the live workers' heartbeat
+    threads need one interval to stamp their claims again.
     """
-    deadline = _now() - settings.grace_period
-    rows = connection.execute(
-        sa.select(
-            claims_table.c.id,
-            claims_table.c.trial_id,
-            claims_table.c.trial_number,
-            claims_table.c.start_step,
-            claims_table.c.budget,
-            claims_table.c.heartbeat_at,
-            claims_table.c.worker,
-        )
-        .where(claims_table.c.study_id == study._study_id)
-        .where(claims_table.c.state == RUNNING)
-        .where(claims_table.c.heartbeat_at.is_not(None))
-        .where(claims_table.c.heartbeat_at < deadline)
-    ).all()
+    if database.reachable_for() < 2 * settings.heartbeat_interval:
+        return running, []
+    still_running = []
     released = []
-    for row in rows:
+    for row in running:
+        if not _is_stale(row, settings):
+            still_running.append(row)
+            continue
         try:
             last_step = max(study._storage.get_trial(row.trial_id).intermediate_values, default=row.start_step)
         except KeyError:
@@ -625,14 +768,43 @@ def _release_lost(
         connection.execute(
             claims_table.update()
             .where(claims_table.c.id == row.id)
-            .values(state=LOST, spent=spent, reserved=spent, finished_at=_now())
+            .values(state=LOST, spent=spent, reserved=spent, finished_at=_now(), finished_sequence=sequence)
         )
+        cache.finish(row.id, _claim_from(row, state=LOST, reserved=spent))
         logger.warning(
             "Trial %d of worker %s sent no heartbeat for %.0f s: it is lost, and its job goes to the next attempt.",
             row.trial_number, row.worker, _now() - row.heartbeat_at,
         )
         released.append(row.trial_id)
-    return released
+    return still_running, released
+
+
+def _add_user_attrs(storage: BaseStorage, trial_id: int, attrs: Dict[str, Any]) -> None:
+    """Write a new trial's user attributes, in one transaction on an RDB storage.
+
+    Optuna's storage API writes one attribute per transaction, and each commit costs a
+    round trip. So on an RDB storage the attributes go in together, through Optuna's
+    own session and model. Elsewhere, or when an attribute exists already, they go one
+    by one through the public API.
+    """
+    backend = getattr(storage, "_backend", storage)
+    if isinstance(backend, RDBStorage):
+        session = backend.scoped_session()
+        try:
+            session.add_all(
+                [
+                    rdb_models.TrialUserAttributeModel(trial_id=trial_id, key=key, value_json=json.dumps(value))
+                    for key, value in attrs.items()
+                ]
+            )
+            session.commit()
+            return
+        except sa.exc.IntegrityError:
+            session.rollback()
+        finally:
+            session.close()
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(trial_id, key, value)
 
 
 def _fail_lost_trials(study: Study, trial_ids: List[int]) -> None:
@@ -641,71 +813,6 @@ def _fail_lost_trials(study: Study, trial_ids: List[int]) -> None:
             study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except (RuntimeError, ValueError) as error:  # The trial ended meanwhile.
             logger.info("Lost trial id %d was not failed: %s", trial_id, error)
-
-
-def _results_per_rung(database: StudyDatabase, study_id: int) -> Dict[int, int]:
-    """Return the number of complete results at each rung of the study."""
-
-    def count(connection: sa.engine.Connection) -> Dict[int, int]:
-        rows = connection.execute(
-            sa.select(claims_table.c.rung, sa.func.count())
-            .where(claims_table.c.study_id == study_id)
-            .where(claims_table.c.state == COMPLETE)
-            .group_by(claims_table.c.rung)
-        ).all()
-        return {int(rung): int(number) for rung, number in rows}
-
-    return database.run(count)
-
-
-def _parameter_count(database: StudyDatabase, study: Study) -> Optional[int]:
-    """Return the number of parameters of a configuration with a complete result."""
-
-    def first(connection: sa.engine.Connection) -> Optional[int]:
-        return connection.execute(
-            sa.select(claims_table.c.config_trial_id)
-            .where(claims_table.c.study_id == study._study_id)
-            .where(claims_table.c.state == COMPLETE)
-            .limit(1)
-        ).scalar()
-
-    trial_id = database.run(first)
-    if trial_id is None:
-        return None
-    return len(study._storage.get_trial(trial_id).distributions)
-
-
-# TODO: every decision reads all claim rows of the study, so its time grows with the study
-# (about 250 ms at 10,000 trials on PostgreSQL, see benchmarks/README.md). Finished claims
-# cannot change, so a worker could cache them and read only rows with a newer sequence.
-def _decide(connection: sa.engine.Connection, study_id: int, settings: StudySettings) -> Optional[Job]:
-    rows = connection.execute(
-        sa.select(
-            claims_table.c.config,
-            claims_table.c.rung,
-            claims_table.c.attempt,
-            claims_table.c.bracket,
-            claims_table.c.budget,
-            claims_table.c.reserved,
-            claims_table.c.trial_number,
-            claims_table.c.config_trial_id,
-            claims_table.c.state,
-            claims_table.c.value,
-            claims_table.c.parent,
-            claims_table.c.start_step,
-        ).where(claims_table.c.study_id == study_id)
-    ).all()
-    claims = [Claim(**row._mapping) for row in rows]
-    return next_job(
-        claims,
-        settings.ladder,
-        settings.direction,
-        total_budget=settings.total_budget,
-        algorithm=settings.algorithm,
-        n_trials=settings.n_trials,
-        max_retries=settings.max_retries,
-        trunk=settings.trunk_step if settings.mode == "resume" else None,
-    )
 
 
 def record_result(
@@ -728,23 +835,24 @@ def record_result(
     else:
         claim_state, value = FAILED, None
 
+    claims = claims_table.c
+    last_step = max(trial.intermediate_values, default=None)
+    spent: Any
+    if claim_state == COMPLETE:
+        spent = claims.reserved
+    elif last_step is None:
+        spent = 0
+    else:
+        # max(0, min(last_step, budget) - start_step), computed by the database in the update.
+        reached = sa.case((claims.budget < int(last_step), claims.budget), else_=int(last_step))
+        spent = sa.case((reached > claims.start_step, reached - claims.start_step), else_=0)
+
     def update(connection: sa.engine.Connection) -> None:
         sequence = database.next_sequence(connection, study_id)
-        row = connection.execute(
-            sa.select(claims_table.c.id, claims_table.c.budget, claims_table.c.start_step, claims_table.c.reserved)
-            .where(claims_table.c.study_id == study_id)
-            .where(claims_table.c.trial_number == trial.number)
-        ).first()
-        if row is None:
-            return
-        if claim_state == COMPLETE:
-            spent = row.reserved
-        else:
-            last_step = max(trial.intermediate_values, default=row.start_step)
-            spent = max(0, min(int(last_step), row.budget) - row.start_step)
         connection.execute(
             claims_table.update()
-            .where(claims_table.c.id == row.id)
+            .where(claims.study_id == study_id)
+            .where(claims.trial_number == trial.number)
             .values(state=claim_state, value=value, spent=spent, finished_at=_now(), finished_sequence=sequence)
         )
 

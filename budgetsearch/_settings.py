@@ -11,6 +11,9 @@ from typing import Any, Dict, Optional
 
 from budgetsearch._ladder import Ladder
 
+# Seconds a worker keeps retrying a database it cannot reach before it gives up.
+DEFAULT_DB_WAIT = 120.0
+
 DIRECTIONS = ("maximize", "minimize")
 BUDGET_UNITS = ("steps", "epochs", "seconds")
 ALGORITHMS = ("asha", "hyperband", "fixed")

@@ -27,9 +27,11 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
+from budgetsearch._settings import DEFAULT_DB_WAIT
+
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Floating-point columns are DOUBLE: MySQL's FLOAT keeps 24 bits, which rounds
 # timestamps to minutes and can merge distinct rung results into ties.
@@ -85,7 +87,15 @@ claims_table = sa.Table(
     sa.Column("finished_sequence", sa.Integer, nullable=True),
     sa.UniqueConstraint("study_id", "config", "rung", "attempt", name="uq_budgetsearch_job"),
     sa.Index("ix_budgetsearch_claims_study", "study_id"),
+    # A decision reads the running claims and the claims finished since its last read;
+    # a result and a heartbeat find their claim by trial number.
+    sa.Index("ix_budgetsearch_claims_state", "study_id", "state"),
+    sa.Index("ix_budgetsearch_claims_finished", "study_id", "finished_sequence"),
+    sa.Index("ix_budgetsearch_claims_trial", "study_id", "trial_number"),
 )
+
+# Indexes added by schema version 3.
+_VERSION_3_INDEXES = ("ix_budgetsearch_claims_state", "ix_budgetsearch_claims_finished", "ix_budgetsearch_claims_trial")
 
 T = TypeVar("T")
 
@@ -94,14 +104,33 @@ class SchemaVersionError(RuntimeError):
     """The budgetsearch tables in the database have another schema version."""
 
 
+class DatabaseUnavailableError(RuntimeError):
+    """The study's database stayed unreachable for longer than the wait allowed."""
+
+
 class StudyDatabase:
     """budgetsearch's tables for one Optuna storage, with serialized claim transactions."""
 
-    def __init__(self, engine: Engine, *, single_connection: bool = False, upgrade: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        single_connection: bool = False,
+        upgrade: bool = False,
+        db_wait: float = DEFAULT_DB_WAIT,
+    ) -> None:
         self.engine = engine
+        # How long run() retries a database it cannot reach.
+        self.db_wait = db_wait
         # One shared connection (in-memory SQLite) needs a lock across threads.
         self._lock = threading.RLock() if single_connection else None
+        # time.monotonic() of the last failed connection, or of the creation of this object.
+        self._last_outage = time.monotonic()
         self._ensure_schema(upgrade)
+
+    def reachable_for(self) -> float:
+        """Return the seconds since this process last failed to reach the database, or since it started."""
+        return time.monotonic() - self._last_outage
 
     def _ensure_schema(self, upgrade: bool) -> None:
         def create(connection: Connection) -> None:
@@ -142,19 +171,31 @@ class StudyDatabase:
             with self.engine.begin() as connection:
                 yield connection
 
-    def run(self, work: Callable[[Connection], T], *, attempts: int = 20) -> T:
-        """Run ``work`` in one transaction, retrying lock timeouts, deadlocks and serialization failures."""
-        for attempt in range(attempts):
+    def run(self, work: Callable[[Connection], T], *, attempts: int = 20, wait: bool = True) -> T:
+        """Run ``work`` in one transaction and return its result.
+
+        Lock timeouts, deadlocks and serialization failures are retried up to ``attempts``
+        times. A database that cannot be reached is retried with backoff for up to
+        ``db_wait`` seconds (with ``wait``), after which :class:`DatabaseUnavailableError`
+        is raised.
+        """
+        attempt = 0
+        outage = Outage(self.engine.url, self.db_wait if wait else 0.0)
+        while True:
             try:
                 with self._transaction() as connection:
                     return work(connection)
-            except (OperationalError, DBAPIError) as error:
-                if isinstance(error, IntegrityError) or not _is_transient(error) or attempt == attempts - 1:
+            except DBAPIError as error:
+                if is_disconnect(error):
+                    self._last_outage = time.monotonic()
+                    outage.retry_or_raise(error)
+                    continue
+                attempt += 1
+                if isinstance(error, IntegrityError) or not _is_transient(error) or attempt == attempts:
                     raise
-                delay = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
-                logger.info("Retrying a budgetsearch transaction after %s (attempt %d).", type(error.orig).__name__, attempt + 1)
+                delay = min(2.0, 0.05 * 2 ** (attempt - 1)) * (0.5 + random.random())
+                logger.info("Retrying a budgetsearch transaction after %s (attempt %d).", type(error.orig).__name__, attempt)
                 time.sleep(delay)
-        raise AssertionError("unreachable")
 
     def lock_study(self, connection: Connection, study_id: int) -> Any:
         """Lock and return the study's settings row for the rest of the transaction."""
@@ -189,6 +230,19 @@ def _upgrade(connection: Connection, version: int) -> None:
             ):
                 connection.exec_driver_sql(f"ALTER TABLE {table} MODIFY {column} {double} {null}")
         version = 2
+    if version == 2:
+        for index in claims_table.indexes:
+            if index.name in _VERSION_3_INDEXES:
+                index.create(connection)
+        # Version 2 left finished_sequence empty on lost claims; the sequence orders
+        # every change of a claim's state from version 3 on.
+        connection.execute(
+            claims_table.update()
+            .where(claims_table.c.state == "lost")
+            .where(claims_table.c.finished_sequence.is_(None))
+            .values(finished_sequence=claims_table.c.claimed_sequence)
+        )
+        version = 3
     connection.execute(schema_table.update().values(version=version))
     logger.info("Upgraded the budgetsearch tables to schema version %d.", version)
 
@@ -197,6 +251,82 @@ def _package_version() -> str:
     from budgetsearch import __version__
 
     return __version__
+
+
+class Outage:
+    """Backoff between retries of an unreachable database, up to a total wait."""
+
+    def __init__(self, url: Any, seconds: float) -> None:  # noqa: D107
+        self._url = url
+        self._seconds = seconds
+        self._started: float = 0.0
+        self._tries = 0
+
+    def retry_or_raise(self, error: BaseException) -> None:
+        """Sleep before the next try, or raise DatabaseUnavailableError once the wait is over."""
+        now = time.monotonic()
+        if self._tries == 0:
+            self._started = now
+        waited = now - self._started
+        if waited >= self._seconds:
+            reason = str(getattr(error, "orig", error)).strip().splitlines()
+            advice = "check that the server is running and reachable"
+            if self._seconds > 0:
+                advice += ", or wait longer with --db-wait SECONDS"
+            raise DatabaseUnavailableError(
+                f"database {_safe_url(self._url)} unreachable for {waited:.0f} s "
+                f"({reason[0] if reason else type(error).__name__}): {advice}."
+            ) from error
+        if self._tries == 0:
+            logger.warning(
+                "Database %s unreachable (%s); retrying for up to %.0f s.",
+                _safe_url(self._url), type(error).__name__, self._seconds,
+            )
+        self._tries += 1
+        delay = min(5.0, 0.2 * 2 ** (self._tries - 1)) * (0.5 + random.random())
+        time.sleep(min(delay, max(0.0, self._seconds - waited)))
+
+
+def _safe_url(url: Any) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # An unparsable URL is shown as it was given.
+        return str(url)
+
+
+_DISCONNECT_MARKERS = (
+    "connection refused",
+    "could not connect",
+    "server closed the connection",
+    "terminating connection",
+    "connection reset",
+    "connection is closed",
+    "connection already closed",
+    "the connection is lost",
+    "consuming input failed",
+    "database system is shutting down",
+    "database system is starting up",
+    "the database system is in recovery mode",
+    "lost connection",
+    "server has gone away",
+    "can't connect",
+    "broken pipe",
+)
+
+
+def is_disconnect(error: BaseException) -> bool:
+    """Return whether ``error`` (or the database error it wraps) means the server cannot be reached."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, DBAPIError):
+            if error.connection_invalidated:
+                return True
+            text = str(error.orig).lower()
+            if any(marker in text for marker in _DISCONNECT_MARKERS):
+                return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _is_transient(error: DBAPIError) -> bool:
@@ -247,10 +377,12 @@ def database_for(storage: BaseStorage, *, upgrade: bool = False) -> StudyDatabas
         if isinstance(backend, RDBStorage):
             url = backend.engine.url
             key = url.render_as_string(hide_password=False)
+            db_wait = getattr(backend, "db_wait", DEFAULT_DB_WAIT)
             database = _databases_by_url.get(key)
             if database is None:
-                database = StudyDatabase(create_engine_for(key), upgrade=upgrade)
+                database = StudyDatabase(create_engine_for(key), upgrade=upgrade, db_wait=db_wait)
                 _databases_by_url[key] = database
+            database.db_wait = db_wait
             return database
         if isinstance(backend, InMemoryStorage):
             database = _databases_by_memory_storage.get(backend)

@@ -18,7 +18,7 @@ from budgetsearch import _attrs
 from budgetsearch._jobs import LOST, RUNNING
 from budgetsearch._pruner import BudgetPruner
 from budgetsearch._sampler import BudgetSampler
-from budgetsearch._tables import claims_table, database_for
+from budgetsearch._tables import DatabaseUnavailableError, claims_table, database_for
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +96,10 @@ class _Heartbeat:
         failures = 0
         while not self._stop.wait(self._interval):
             try:
-                self._database.run(self._beat, attempts=3)
+                # No waiting for an unreachable database: the next beat tries again.
+                self._database.run(self._beat, attempts=3, wait=False)
                 failures = 0
-            except sa.exc.SQLAlchemyError as error:
+            except (sa.exc.SQLAlchemyError, DatabaseUnavailableError) as error:
                 failures += 1
                 # Logged once per run of failures, so an outage does not flood the log.
                 if failures == 1:
@@ -205,6 +206,8 @@ def _run_trial(
         )
         _tell(study, trial, worker_id, state=TrialState.FAIL)
         return "lost"
+    except DatabaseUnavailableError:
+        raise  # The worker stops; its trial's heartbeat stops too, so another worker runs the job again.
     except (Exception, SystemExit, KeyboardInterrupt) as error:  # An objective's error fails its own trial only.
         logger.warning("Worker %s: trial %d failed: %s: %s", worker_id, trial.number, type(error).__name__, error, exc_info=True)
         return "failed" if _tell(study, trial, worker_id, state=TrialState.FAIL) is not None else "discarded"
@@ -274,12 +277,13 @@ def _running_claims(database: Any, study_id: int) -> int:
 
 def _mark_lost(database: Any, study_id: int, trial_number: int) -> None:
     def update(connection: sa.engine.Connection) -> None:
+        sequence = database.next_sequence(connection, study_id)
         connection.execute(
             claims_table.update()
             .where(claims_table.c.study_id == study_id)
             .where(claims_table.c.trial_number == trial_number)
             # The next attempt reserves the job's budget again, so this one keeps only what it trained.
-            .values(state=LOST, reserved=sa.func.coalesce(claims_table.c.spent, 0))
+            .values(state=LOST, reserved=sa.func.coalesce(claims_table.c.spent, 0), finished_sequence=sequence)
         )
 
     database.run(update)

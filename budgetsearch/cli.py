@@ -67,6 +67,16 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative: give 0 or a positive number of seconds")
+    return value
+
+
 # -- storage -------------------------------------------------------------------------
 
 
@@ -97,11 +107,16 @@ def _mask_in(text: str, url: str) -> str:
     return text
 
 
-def open_storage(url: str) -> Any:
-    """Open the Optuna RDB storage at ``url``, set up for several local processes on SQLite."""
-    import optuna
+def open_storage(url: str, db_wait: float = 0.0) -> Any:
+    """Open the Optuna RDB storage at ``url``, set up for several local processes on SQLite.
+
+    Calls that cannot reach the database are retried for ``db_wait`` seconds.
+    """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
+
+    from budgetsearch._storage import ReconnectingStorage
+    from budgetsearch._tables import DatabaseUnavailableError
 
     try:
         parsed = make_url(url)
@@ -121,7 +136,9 @@ def open_storage(url: str) -> Any:
                 raise UsageError(f"storage URL {url!r}: folder {folder!r} does not exist; create it first.")
             _enable_sqlite_wal(database)
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        return ReconnectingStorage(url, db_wait=db_wait, engine_kwargs=engine_kwargs)
+    except DatabaseUnavailableError:
+        raise
     except Exception as error:  # Drivers raise many types for a bad URL or an unreachable server.
         reason = _mask_in(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, url)
         raise UsageError(
@@ -199,7 +216,7 @@ def open_study(args: argparse.Namespace, study_file: Any) -> Any:
     if invalid is not None and not _study_may_exist(args.storage):
         raise UsageError(invalid)
 
-    storage = open_storage(args.storage)
+    storage = open_storage(args.storage, args.db_wait)
     study_name = args.study_name or study_file.default_study_name
     try:
         existing = optuna.load_study(study_name=study_name, storage=storage)
@@ -314,6 +331,7 @@ def command_run(args: argparse.Namespace) -> int:
         ]
         if deadline is not None:
             command += ["--deadline", repr(deadline)]
+        command += ["--db-wait", repr(args.db_wait)]
         if args.verbose:
             command.append("--verbose")
         processes.append(subprocess.Popen(command, env=environment))
@@ -491,7 +509,7 @@ def _add_storage(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_study_flags(parser: argparse.ArgumentParser) -> None:
-    from budgetsearch._settings import ALGORITHMS, BUDGET_UNITS, MODES, SAMPLERS, SCHEDULE_NAMES
+    from budgetsearch._settings import ALGORITHMS, BUDGET_UNITS, DEFAULT_DB_WAIT, MODES, SAMPLERS, SCHEDULE_NAMES
 
     parser.add_argument("study_file", help="Python file that defines objective(trial) and DEFAULTS.")
     _add_storage(parser)
@@ -542,6 +560,12 @@ def _add_study_flags(parser: argparse.ArgumentParser) -> None:
         help="seconds without a heartbeat after which a trial is lost and its job runs again (default 60).",
     )
     parser.add_argument("--timeout", type=_positive_seconds, help="seconds after which no new trial starts; running trials finish.")
+    parser.add_argument(
+        "--db-wait",
+        type=_non_negative_seconds,
+        default=DEFAULT_DB_WAIT,
+        help=f"seconds to keep retrying a study database that cannot be reached before the worker stops with an error (default {DEFAULT_DB_WAIT:.0f}).",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every job claimed and finished.")
 
 
@@ -598,13 +622,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.INFO if getattr(args, "verbose", False) else optuna.logging.WARNING)
     from budgetsearch._sampler import SettingsMismatchError
     from budgetsearch._studyfile import StudyFileError
-    from budgetsearch._tables import SchemaVersionError
+    from budgetsearch._tables import DatabaseUnavailableError, SchemaVersionError
 
     try:
         return args.handler(args)
     except (UsageError, StudyFileError, SettingsMismatchError, SchemaVersionError) as error:
         print(f"budgetsearch: error: {error}", file=sys.stderr)
         return 2
+    except DatabaseUnavailableError as error:
+        print(f"budgetsearch: error: {_mask_in(str(error), getattr(args, 'storage', ''))}", file=sys.stderr)
+        return 1
     except sqlalchemy.exc.OperationalError as error:
         storage = getattr(args, "storage", "")
         reason = _mask_in(str(error.orig).strip().splitlines()[0] if error.orig else str(error), storage)

@@ -27,29 +27,19 @@ def server_url(backend):
 @pytest.fixture(scope="session")
 def server_databases():
     """Create one empty database per test server for this test session, and drop it after."""
-    import sqlalchemy as sa
+    from budgetsearch.testing import create_scratch_database, drop_scratch_database
 
     created = {}
     name = f"budgetsearch_tests_{os.getpid()}"
 
     def database_url(backend):
         if backend not in created:
-            admin = sa.create_engine(server_url(backend), isolation_level="AUTOCOMMIT")
-            with admin.connect() as connection:
-                connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-                connection.exec_driver_sql(f"CREATE DATABASE {name}")
-            created[backend] = admin
-        return sa.engine.make_url(server_url(backend)).set(database=name).render_as_string(hide_password=False)
+            created[backend] = create_scratch_database(server_url(backend), name)
+        return created[backend]
 
     yield database_url
-    for admin in created.values():
-        with admin.connect() as connection:
-            if admin.dialect.name == "postgresql":
-                connection.exec_driver_sql(
-                    f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-                )
-            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-        admin.dispose()
+    for backend in created:
+        drop_scratch_database(server_url(backend), name)
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])

@@ -178,9 +178,15 @@ def test_bad_study_file(study_file, named, sqlite_url, cli_environment):
     ],
 )
 def test_unreachable_storage_masks_password(url, cli_environment):
-    result = run_cli(cli_environment, "run", SYNTHETIC_STUDY, "--storage", url, timeout=120)
-    assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1
+    result = run_cli(cli_environment, "run", SYNTHETIC_STUDY, "--storage", url, "--db-wait", "1", timeout=120)
+    assert result.returncode == 1
+    # A warning that the worker retries, then the error on one line.
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2
+    assert "retrying for up to 1 s" in lines[0]
+    assert lines[1].startswith("budgetsearch: error: database ")
+    assert "unreachable for 1 s" in lines[1]
+    assert "--db-wait" in lines[1]
     assert "s3cret-pw" not in result.stderr
     assert "tuner:***@127.0.0.1:9" in result.stderr
 

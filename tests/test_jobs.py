@@ -1,8 +1,8 @@
 """The promotion rule, decided from claims alone."""
 
-from budgetsearch import Ladder
 from collections import Counter
 
+from budgetsearch import Ladder
 from budgetsearch._jobs import (
     COMPLETE,
     FAILED,
@@ -10,9 +10,9 @@ from budgetsearch._jobs import (
     PRUNED,
     RUNNING,
     Claim,
+    ClaimIndex,
     bracket_sizes,
     next_job,
-    promotable,
     rank,
 )
 
@@ -32,6 +32,10 @@ def claim(number, state=COMPLETE, value=None, rung=0, config=None, attempt=0):
         state=state,
         value=value,
     )
+
+
+def promotable(claims, rung, direction, eta):
+    return ClaimIndex(direction, claims).promotable(0, rung, eta)
 
 
 def test_rank_ties_break_by_trial_number():
@@ -168,3 +172,53 @@ def test_fixed_runs_every_configuration_at_top_budget():
     claims = [claim(n, value=float(n)) for n in range(9)]
     job = next_job(claims, LADDER, "minimize", algorithm="fixed")
     assert (job.config, job.rung, job.bracket, job.budget) == (None, 2, 2, 9)
+
+
+def test_updated_index_matches_fresh_index():
+    # A worker's index changes one claim at a time; every decision must equal the one
+    # made from all claims at once.
+    import random
+
+    rng = random.Random(7)
+    ladder = Ladder(1, 27, 3)
+    kinds = Counter()
+    for direction in ("minimize", "maximize"):
+        current = {}
+        index = ClaimIndex(direction)
+        for number in range(400):
+            # Change a running or lost claim, or add one.
+            open_ids = [key for key, c in current.items() if c.state in (RUNNING, LOST)]
+            if open_ids and rng.random() < 0.5:
+                key = rng.choice(open_ids)
+                old = current[key]
+                state = rng.choice([COMPLETE, COMPLETE, PRUNED, FAILED, LOST])
+                value = rng.choice([0.1, 0.5, 0.9, rng.random()]) if state == COMPLETE else None
+                new = Claim(**{**old.__dict__, "state": state, "value": value})
+                index.remove(old)
+                index.add(new)
+                current[key] = new
+            else:
+                algorithm = rng.choice(["asha", "hyperband"])
+                job = index.next_job(ladder, algorithm=algorithm, max_retries=1)
+                if job.attempt:
+                    kinds["retry"] += 1
+                elif job.config is None:
+                    kinds["new"] += 1
+                else:
+                    kinds["promotion"] += 1
+                config = number if job.config is None else job.config
+                new = Claim(
+                    config=config, rung=job.rung, attempt=job.attempt, bracket=job.bracket, budget=job.budget,
+                    reserved=job.reserved, trial_number=number, config_trial_id=config, state=RUNNING,
+                )
+                index.add(new)
+                current[number] = new
+            fresh = ClaimIndex(direction, current.values())
+            assert index.reserved == fresh.reserved
+            assert index.complete_per_rung() == fresh.complete_per_rung()
+            for algorithm in ("asha", "hyperband"):
+                for total_budget in (None, fresh.reserved + 3, fresh.reserved + 9):
+                    options = dict(algorithm=algorithm, total_budget=total_budget, max_retries=1, n_trials=300)
+                    assert index.next_job(ladder, **options) == fresh.next_job(ladder, **options)
+    # The sequence exercised every kind of job.
+    assert min(kinds["new"], kinds["promotion"], kinds["retry"]) >= 10, kinds

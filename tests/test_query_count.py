@@ -2,12 +2,13 @@
 
 import optuna
 import pytest
-from optuna.distributions import FloatDistribution
 from sqlalchemy import event
 
 import budgetsearch
 from budgetsearch import BudgetPruner, BudgetSampler
-from budgetsearch._tables import claims_table, database_for
+from budgetsearch._sampler import _ClaimCache
+from budgetsearch._tables import database_for
+from budgetsearch.testing import fill_study
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -23,37 +24,7 @@ def filled_study(url, size, promotions_claimed):
     sampler = BudgetSampler(1, 9, 3, seed=0, base_sampler="random", send_heartbeats=True)
     study = optuna.create_study(storage=url, study_name="filled", sampler=sampler, pruner=BudgetPruner())
     sampler.settings_for(study)
-    distribution = FloatDistribution(0.0, 1.0)
-    values = [((number * 7919) % size) / size for number in range(size)]
-    study.add_trials(
-        [
-            optuna.trial.create_trial(
-                params={"x": value},
-                distributions={"x": distribution},
-                value=value,
-                user_attrs={ATTR + "config": number, ATTR + "rung": 0, ATTR + "budget": 1, ATTR + "attempt": 0},
-            )
-            for number, value in enumerate(values)
-        ]
-    )
-    database = database_for(study._storage)
-    trial_ids = {t.number: t._trial_id for t in study.get_trials(deepcopy=False)}
-    rows = [
-        dict(
-            study_id=study._study_id, config=number, rung=0, attempt=0, bracket=0, budget=1,
-            start_step=0, reserved=1, spent=1, trial_number=number, trial_id=trial_ids[number],
-            config_trial_id=trial_ids[number], state="complete", value=value, claimed_at=0.0,
-            finished_at=0.0, claimed_sequence=2 * number + 1, finished_sequence=2 * number + 2,
-        )
-        for number, value in enumerate(values)
-    ]
-    if promotions_claimed:
-        rows += [
-            dict(row, rung=1, budget=3, reserved=3, state="failed", value=None, trial_number=size + row["config"])
-            for row in rows
-        ]
-    with database.engine.begin() as connection:
-        connection.execute(claims_table.insert(), rows)
+    fill_study(study, size, promotions_claimed=promotions_claimed)
     return study, sampler
 
 
@@ -91,3 +62,22 @@ def test_queries_do_not_grow_with_study(tmp_path, rung):
     assert counts[5000] == counts[100]
     # A sanity bound on one job, whatever the study size (64 statements on SQLite when written).
     assert counts[100] < 100
+
+
+def test_later_decisions_read_only_changed_claims(tmp_path, monkeypatch):
+    study, sampler = filled_study(f"sqlite:///{tmp_path / 'changed.db'}", 1000, True)
+    count_one_job(study, sampler)  # The first decision reads every claim.
+    finished_rows = []
+    original = _ClaimCache.finish
+
+    def counting_finish(cache, claim_id, claim):
+        finished_rows.append(claim_id)
+        original(cache, claim_id, claim)
+
+    monkeypatch.setattr(_ClaimCache, "finish", counting_finish)
+    count_one_job(study, sampler)
+    # The check and the claim of the second job read the first job's result once.
+    assert len(finished_rows) == 1
+    # A sampler that reads every claim afresh reaches the same decision as the cached one.
+    fresh = BudgetSampler(use_stored_settings=True)
+    assert fresh.peek_job(study) == sampler.peek_job(study)

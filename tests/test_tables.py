@@ -4,7 +4,8 @@ import pytest
 import sqlalchemy as sa
 
 from budgetsearch import SchemaVersionError
-from budgetsearch._tables import SCHEMA_VERSION, StudyDatabase, create_engine_for, schema_table
+from budgetsearch._tables import SCHEMA_VERSION, StudyDatabase, claims_table, create_engine_for, schema_table
+from budgetsearch.testing import scratch_database
 
 
 def test_empty_database_gets_every_table(tmp_path):
@@ -60,6 +61,9 @@ def version_1_tables(engine):
             study_id=1, config=0, rung=0, attempt=0, bracket=0, budget=1, start_step=0, reserved=1,
             trial_number=0, trial_id=1, config_trial_id=1, claimed_sequence=1, state="complete",
             value=0.5, claimed_at=1.0))
+        connection.execute(old.tables["budgetsearch_claims"].insert().values(
+            study_id=1, config=0, rung=1, attempt=0, bracket=0, budget=3, start_step=0, reserved=1,
+            trial_number=1, trial_id=2, config_trial_id=1, claimed_sequence=2, state="lost", claimed_at=2.0))
 
 
 @pytest.fixture
@@ -71,35 +75,32 @@ def scratch_database_url(request, tmp_path):
     if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'scratch.db'}"
         return
-    base = server_url(kind)
-    name = f"bs_upgrade_{tmp_path.name[-8:].lower().replace('-', '_')}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-        connection.exec_driver_sql(f"CREATE DATABASE {name}")
-    url = sa.engine.make_url(base).set(database=name).render_as_string(hide_password=False)
-    yield url
-    sa.create_engine(url).dispose()
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-    admin.dispose()
+    with scratch_database(server_url(kind)) as url:
+        yield url
+        sa.create_engine(url).dispose()
 
 
 @pytest.mark.parametrize("scratch_database_url", ["sqlite", "postgresql", "mysql"], indirect=True)
 def test_upgrade_from_version_1(scratch_database_url):
     engine = create_engine_for(scratch_database_url)
     version_1_tables(engine)
-    with pytest.raises(SchemaVersionError, match="schema version 1, but this budgetsearch uses version 2") as raised:
+    with pytest.raises(SchemaVersionError, match="schema version 1, but this budgetsearch uses version 3") as raised:
         StudyDatabase(engine)
     assert "budgetsearch db upgrade" in str(raised.value)
     assert isinstance(raised.value.__cause__, sa.exc.DBAPIError)
     assert "heartbeat_at" in str(raised.value.__cause__)
     StudyDatabase(engine, upgrade=True)
     StudyDatabase(engine)
-    columns = {column["name"] for column in sa.inspect(engine).get_columns("budgetsearch_claims")}
-    assert "heartbeat_at" in columns
+    inspector = sa.inspect(engine)
+    assert "heartbeat_at" in {column["name"] for column in inspector.get_columns("budgetsearch_claims")}
+    indexes = {index["name"] for index in inspector.get_indexes("budgetsearch_claims")}
+    assert {"ix_budgetsearch_claims_state", "ix_budgetsearch_claims_finished", "ix_budgetsearch_claims_trial"} <= indexes
     with engine.connect() as connection:
-        assert connection.execute(sa.select(schema_table.c.version)).scalar() == 2
-        value = connection.exec_driver_sql("SELECT value FROM budgetsearch_claims").scalar()
-    assert value == 0.5
+        assert connection.execute(sa.select(schema_table.c.version)).scalar() == SCHEMA_VERSION == 3
+        rows = connection.execute(
+            sa.select(claims_table.c.state, claims_table.c.value, claims_table.c.finished_sequence)
+            .order_by(claims_table.c.id)
+        ).all()
+    # Data survives, and the lost claim now carries a sequence number like every finished claim.
+    assert [tuple(row) for row in rows] == [("complete", 0.5, None), ("lost", None, 2)]
     engine.dispose()
