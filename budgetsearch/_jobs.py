@@ -137,6 +137,10 @@ class ClaimIndex:
         self._configs: Dict[Tuple[int, int], Counter] = {}  # (bracket, rung) -> config -> claims
         self._ranked: Dict[Tuple[int, int], List[tuple]] = {}  # (bracket, rung) -> sorted rank keys
         self._by_key: Dict[tuple, Claim] = {}
+        # The rank keys of each (bracket, rung) whose configuration has no claim one rung
+        # up, sorted; and each configuration's complete rank keys there.
+        self._open: Dict[Tuple[int, int], List[tuple]] = {}
+        self._complete_keys: Dict[Tuple[int, int, int], Set[tuple]] = {}
         self._pruned: Counter = Counter()  # (bracket, rung) -> pruned claims
         self._complete_per_rung: Counter = Counter()
         self._attempts: Dict[Tuple[int, int], Dict[int, Claim]] = {}
@@ -158,6 +162,9 @@ class ClaimIndex:
             key = _rank_key(claim, self._sign)
             bisect.insort(self._ranked.setdefault(cell, []), key)
             self._by_key[key] = claim
+            self._complete_keys.setdefault((claim.bracket, claim.rung, claim.config), set()).add(key)
+            if claim.config not in self._configs.get((claim.bracket, claim.rung + 1), {}):
+                bisect.insort(self._open.setdefault(cell, []), key)
             self._complete_per_rung[claim.rung] += 1
         elif claim.state == PRUNED:
             self._pruned[cell] += 1
@@ -178,6 +185,8 @@ class ClaimIndex:
             ranked = self._ranked[cell]
             del ranked[bisect.bisect_left(ranked, key)]
             del self._by_key[key]
+            self._complete_keys[(claim.bracket, claim.rung, claim.config)].discard(key)
+            _discard_sorted(self._open.get(cell, []), key)
             self._complete_per_rung[claim.rung] -= 1
         elif claim.state == PRUNED:
             self._pruned[cell] -= 1
@@ -194,6 +203,16 @@ class ClaimIndex:
         configs[claim.config] += change
         if not configs[claim.config]:
             del configs[claim.config]
+        # The configuration's first claim at this rung closes its results one rung down
+        # to promotion, and removing its last claim here opens them again.
+        below = (claim.bracket, claim.rung - 1)
+        keys = self._complete_keys.get((claim.bracket, claim.rung - 1, claim.config), ())
+        if change > 0 and configs[claim.config] == 1:
+            for key in keys:
+                _discard_sorted(self._open.get(below, []), key)
+        elif change < 0 and claim.config not in configs:
+            for key in keys:
+                bisect.insort(self._open.setdefault(below, []), key)
 
     def complete_per_rung(self) -> Dict[int, int]:
         """Return the number of complete results at each rung that has any."""
@@ -215,14 +234,13 @@ class ClaimIndex:
         cell = (bracket, rung)
         ranked = self._ranked.get(cell, [])
         places = (len(ranked) + self._pruned[cell]) // eta
-        above = self._configs.get((bracket, rung + 1), {})
         found = []
-        for key in ranked[:places]:
-            claim = self._by_key[key]
-            if claim.config not in above:
-                found.append(claim)
-                if first:
-                    break
+        for key in self._open.get(cell, []):
+            if bisect.bisect_left(ranked, key) >= places:
+                break  # Every later key ranks lower still.
+            found.append(self._by_key[key])
+            if first:
+                break
         return found
 
     def _retry_job(self, max_retries: int) -> Optional[Job]:
@@ -321,6 +339,13 @@ class ClaimIndex:
                     reserved=budgets[bracket],
                 )
         return None
+
+
+def _discard_sorted(keys: List[tuple], key: tuple) -> None:
+    """Remove ``key`` from the sorted list ``keys`` if it is there."""
+    position = bisect.bisect_left(keys, key)
+    if position < len(keys) and keys[position] == key:
+        del keys[position]
 
 
 def next_job(
