@@ -37,6 +37,11 @@ def load_study_file(path: str) -> StudyFile:
     spec = importlib.util.spec_from_file_location(name, absolute)
     if spec is None or spec.loader is None:
         raise StudyFileError(f"study file {path!r} cannot be imported: it must be a Python source file.")
+    # A study file may import helper modules that lie next to it, as it could when run
+    # as a script.
+    folder = os.path.dirname(absolute)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     module = importlib.util.module_from_spec(spec)
     # Registered so that pickling and multiprocessing can find the study's functions.
     sys.modules[name] = module

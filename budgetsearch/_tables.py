@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from budgetsearch._settings import DEFAULT_DB_WAIT

@@ -279,20 +279,34 @@ def _study_may_exist(url: str) -> bool:
 # -- run -----------------------------------------------------------------------------
 
 
-def _parse_devices(text: Optional[str]) -> List[str]:
-    if text:
-        devices = [item.strip() for item in text.split(",") if item.strip()]
-        for device in devices:
-            if device != "cpu" and not (device.startswith("cuda:") and device[5:].isdigit()):
-                raise UsageError(f"--devices entry {device!r} is invalid: use cpu or cuda:N, separated by commas.")
-        return devices
+def _gpu_count() -> int:
     try:
         import torch
 
-        count = torch.cuda.device_count()
+        return torch.cuda.device_count()
     except Exception:  # A broken CUDA set-up means CPU workers.
-        count = 0
-    return [f"cuda:{index}" for index in range(count)] or ["cpu"]
+        return 0
+
+
+def _parse_devices(text: Optional[str]) -> List[str]:
+    """Return the devices of ``--devices``: ``cpu``, ``cuda:N`` entries, or ``auto`` (every GPU, else the CPU)."""
+    if text and text.strip() != "auto":
+        devices = [item.strip() for item in text.split(",") if item.strip()]
+        for device in devices:
+            if device != "cpu" and not (device.startswith("cuda:") and device[5:].isdigit()):
+                raise UsageError(f"--devices entry {device!r} is invalid: use auto, cpu or cuda:N, separated by commas.")
+        wanted = [int(device[5:]) for device in devices if device.startswith("cuda:")]
+        if wanted:
+            count = _gpu_count()
+            missing = [index for index in wanted if index >= count]
+            if missing:
+                present = f"cuda:0 to cuda:{count - 1}" if count else "none"
+                raise UsageError(
+                    f"--devices entry cuda:{missing[0]} is not on this machine (its CUDA GPUs: {present}): "
+                    "pick from those, or use auto or cpu."
+                )
+        return devices
+    return [f"cuda:{index}" for index in range(_gpu_count())] or ["cpu"]
 
 
 def _cpu_sets(workers: int) -> List[List[int]]:
@@ -586,7 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = subparsers.add_parser("run", help="create or continue a study and run local worker processes on it.")
     _add_study_flags(run)
     run.add_argument("--workers", type=_positive_int, help="number of local worker processes (default: one per device).")
-    run.add_argument("--devices", help="comma-separated devices, such as cpu or cuda:0,cuda:1; workers take them round-robin.")
+    run.add_argument(
+        "--devices",
+        help="auto (every GPU, else the CPU; the default), cpu, or comma-separated cuda:N devices; workers take them round-robin.",
+    )
     run.set_defaults(handler=command_run)
 
     worker = subparsers.add_parser("worker", help="join a study as one worker process, from any machine that reaches its database.")

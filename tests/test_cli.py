@@ -285,3 +285,40 @@ def test_run_ends_beside_trial_without_heartbeat(sqlite_url, cli_environment):
     status = snapshot(sqlite_url, "orphan")
     assert status["trials"]["running"] == 1
     assert status["budget_reserved"] <= 30
+
+
+SECONDS_STUDY = os.path.join(os.path.dirname(SYNTHETIC_STUDY), "seconds_budget.py")
+
+
+def test_seconds_budgets_end_when_schedule_is_done(sqlite_url, cli_environment):
+    result = run_cli(cli_environment, "run", SECONDS_STUDY, "--storage", sqlite_url, "--study-name", "s", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    trials = optuna.load_study(study_name="s", storage=sqlite_url).get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sum(t.user_attrs["budgetsearch:budget"] for t in complete) <= 9
+    assert {t.user_attrs["budgetsearch:budget"] for t in complete} == {1, 3}
+    for trial in complete:
+        budget = trial.user_attrs["budgetsearch:budget"]
+        # The loop stopped when the scheduler said the time budget was spent, with the
+        # learning rate decayed to about 0 over that time.
+        assert budget <= trial.user_attrs["seconds_trained"] < budget + 1.0
+        assert trial.user_attrs["last_lr_fraction"] < 0.1
+        assert trial.user_attrs["steps"] > 10
+        assert list(trial.intermediate_values) == [budget]
+
+
+def test_devices_not_on_machine_are_rejected(sqlite_url, cli_environment):
+    missing = run_cli(cli_environment, "run", SYNTHETIC_STUDY, "--storage", sqlite_url, "--devices", "cuda:7")
+    assert missing.returncode == 2
+    assert "cuda:7 is not on this machine" in missing.stderr
+    invalid = run_cli(cli_environment, "run", SYNTHETIC_STUDY, "--storage", sqlite_url, "--devices", "gpu0")
+    assert invalid.returncode == 2
+    assert "'gpu0' is invalid: use auto, cpu or cuda:N" in invalid.stderr
+
+
+def test_devices_auto_runs_on_cpu_here(sqlite_url, cli_environment):
+    result = run_cli(
+        cli_environment, "run", SYNTHETIC_STUDY, "--storage", sqlite_url, "--devices", "auto", "--total-budget", "30"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "on cpu" in result.stdout
