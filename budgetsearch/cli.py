@@ -473,6 +473,79 @@ def command_worker(args: argparse.Namespace) -> int:
     return 0 if not report.stopped_by_signal else 130
 
 
+# -- compare ------------------------------------------------------------------------
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    from budgetsearch import _compare
+    from budgetsearch._studyfile import load_study_file
+
+    try:
+        methods = _compare.parse_methods(args.methods)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    study_file = load_study_file(args.study_file)
+    defaults = study_file.defaults
+    total_budget = args.total_budget or (10 * defaults.max_budget)
+    if total_budget < defaults.max_budget:
+        raise UsageError(
+            f"--total-budget {total_budget} is below the study's maximum budget {defaults.max_budget}: "
+            "give at least that, and 10 times it for a useful comparison."
+        )
+    if args.schedule is not None:
+        from budgetsearch._settings import SCHEDULE_NAMES
+
+        if args.schedule not in SCHEDULE_NAMES:
+            raise UsageError(f"--schedule {args.schedule!r} is invalid: choose one of {', '.join(SCHEDULE_NAMES)}.")
+    if getattr(study_file.module, "test_value", None) is None:
+        print(
+            f"budgetsearch: {args.study_file} defines no test_value(params, budget, *, schedule, seed, device): "
+            "incumbents are not retrained, and the test columns stay empty.",
+            file=sys.stderr,
+        )
+    os.makedirs(os.path.join(args.out, "runs"), exist_ok=True)
+    existing = [name for name in os.listdir(os.path.join(args.out, "runs")) if name.endswith(".db")]
+    if existing:
+        raise UsageError(f"--out {args.out!r} already holds runs ({existing[0]}, ...): pick an empty folder.")
+    environment = dict(os.environ)
+    environment.pop(STORAGE_ENVIRONMENT_VARIABLE, None)
+
+    results = []
+    for method in methods:
+        for seed in range(args.seeds):
+            print(f"compare: {method.name}, seed {seed} ...", flush=True)
+            result = _compare.run_method(
+                args.study_file, study_file, method, seed, total_budget, args.workers, args.out, args.schedule, environment
+            )
+            _compare.retrain(study_file, result, args.retrain_seeds, defaults.max_budget)
+            print(
+                f"compare: {method.name}, seed {seed}: best {result.best_value}, compute {result.compute:.0f}, "
+                f"test {result.test_values}, {result.wall_seconds:.0f} s",
+                flush=True,
+            )
+            results.append(result)
+            _compare.write_outputs(args.out, results, methods, total_budget, defaults.direction, defaults.metric)
+    print(f"compare: wrote results.csv, results.md and anytime.png in {args.out}")
+    return 0
+
+
+def command_compare_worker(args: argparse.Namespace) -> int:
+    from budgetsearch import _compare
+    from budgetsearch._studyfile import load_study_file
+
+    _limit_cpus()
+    study_file = load_study_file(args.study_file)
+    optuna_logging_warnings()
+    _compare.run_baseline_worker(study_file, args.storage, args.study_name, _compare.METHODS[args.method], args.worker_index)
+    return 0
+
+
+def optuna_logging_warnings() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 # -- status and db -------------------------------------------------------------------
 
 
@@ -611,6 +684,36 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--worker-id", help="name of this worker in logs.")
     worker.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     worker.set_defaults(handler=command_worker)
+
+    compare = subparsers.add_parser(
+        "compare",
+        help="compare budgetsearch with Optuna's pruners on a study file at equal compute.",
+        description="Run each method on the study file for --seeds seeds, each until its trials used --total-budget "
+        "units, retrain each incumbent at the maximum budget on fresh seeds, and write results.csv, results.md "
+        "and anytime.png into --out.",
+    )
+    compare.add_argument("study_file", help="Python file that defines objective(trial), DEFAULTS and test_value(...).")
+    compare.add_argument(
+        "--methods",
+        default="asha,optuna-hyperband",
+        help="comma-separated: asha, asha-resume, hyperband, hyperband-resume, optuna-hyperband, optuna-sha, "
+        "optuna-median, tpe-full, random-full (default asha,optuna-hyperband).",
+    )
+    compare.add_argument("--total-budget", type=_positive_int, help="compute per run in the study's unit (default 10 x the maximum budget).")
+    compare.add_argument("--seeds", type=_positive_int, default=1, help="seeds per method, from 0 (default 1).")
+    compare.add_argument("--workers", type=_positive_int, default=2, help="worker processes per run (default 2).")
+    compare.add_argument("--retrain-seeds", type=_positive_int, default=3, help="fresh seeds to retrain each incumbent on (default 3).")
+    compare.add_argument("--schedule", help="schedule of the Optuna-pruner and full-budget methods (default: the study's own).")
+    compare.add_argument("--out", required=True, help="folder for the runs and the results; must not hold runs yet.")
+    compare.set_defaults(handler=command_compare)
+
+    compare_worker = subparsers.add_parser("compare-worker", help="run one worker of a compare baseline (started by compare).")
+    compare_worker.add_argument("study_file")
+    _add_storage(compare_worker)
+    compare_worker.add_argument("--study-name", required=True)
+    compare_worker.add_argument("--method", required=True)
+    compare_worker.add_argument("--worker-index", type=int, default=0)
+    compare_worker.set_defaults(handler=command_compare_worker)
 
     status = subparsers.add_parser("status", help="print a study's progress and best result.")
     _add_storage(status)

@@ -5,6 +5,7 @@ a study file's folder on ``sys.path`` before it imports the file.
 """
 
 import argparse
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -177,14 +178,43 @@ def fit(
     return model, val_accuracy
 
 
-def retrain(
-    build_model: Callable[[], nn.Module], data: DataSplits, params: dict, budget: int, *, device: torch.device, seed: int
-) -> tuple:
-    """Train a fresh model with linear decay to 0 over ``budget`` steps; return its validation and test accuracy."""
-    model, val_accuracy = fit(
-        build_model, data, params, budget, scheduler_factory=linear_decay(budget), device=device, seed=seed,
-        report=None, eval_every=budget,
+def schedule_factory(budget: int, schedule: Optional[dict] = None) -> SchedulerFactory:
+    """Return a scheduler factory for a budgetsearch schedule description, by default linear decay to 0.
+
+    ``schedule`` has the keys of the ``budgetsearch:schedule`` trial attribute: name,
+    options, warmup and unit.
+    """
+    if schedule is None:
+        return linear_decay(budget)
+    from budgetsearch.schedules import make_schedule
+
+    return lambda optimizer: make_schedule(
+        optimizer, budget, schedule["name"], warmup=schedule.get("warmup", 0), unit=schedule.get("unit", "steps"),
+        **schedule.get("options", {}),
     )
+
+
+def retrain(
+    build_model: Callable[[], nn.Module],
+    data: DataSplits,
+    params: dict,
+    budget: int,
+    *,
+    device: torch.device,
+    seed: int,
+    schedule: Optional[dict] = None,
+) -> tuple:
+    """Train a fresh model over ``budget`` steps; return its validation and test accuracy.
+
+    The schedule is ``schedule`` (see ``schedule_factory``), by default linear decay to 0.
+    A diverged run gives NaN for both.
+    """
+    model, val_accuracy = fit(
+        build_model, data, params, budget, scheduler_factory=schedule_factory(budget, schedule), device=device,
+        seed=seed, report=None, eval_every=budget,
+    )
+    if math.isnan(val_accuracy):
+        return val_accuracy, val_accuracy
     return val_accuracy, evaluate_accuracy(model, data.x_test.to(device), data.y_test.to(device))
 
 

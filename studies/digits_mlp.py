@@ -132,6 +132,14 @@ def measure_test_accuracy(params: dict, budget: int, *, device: torch.device = t
     return retrain(lambda: build_model(params), load_data(), _sgd_params(params), budget, device=device, seed=seed)[1]
 
 
+def test_value(params: dict, budget: int, *, schedule: dict, seed: int, device: torch.device) -> float:
+    """Train a fresh model for ``budget`` steps on ``schedule`` and return its test accuracy, or NaN if it diverged.
+
+    ``budgetsearch compare`` calls this to retrain each method's incumbent.
+    """
+    return retrain(lambda: build_model(params), load_data(), _sgd_params(params), budget, device=device, seed=seed, schedule=schedule)[1]
+
+
 def objective(trial: optuna.Trial) -> float:
     device = budgetsearch.trial_device()
     budget = budgetsearch.trial_budget(trial)

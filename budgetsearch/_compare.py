@@ -1,0 +1,454 @@
+"""``budgetsearch compare``: budgetsearch against Optuna's pruners on one study file at equal compute.
+
+Every method runs the same study file with the same search space, base sampler family
+and seeds. Each run has its own SQLite storage in the output folder, and it starts no
+new trial once the compute its trials used reaches the total budget B. Compute is counted in the
+study's budget unit: a complete trial counts its budget, a stopped one the units it
+trained (its last reported step), and in resume mode only the units after the step it
+resumed from. A method's incumbent is its best result at the maximum budget among the
+trials that finished within compute B; it is trained again at the maximum budget with
+the method's own schedule on fresh seeds and evaluated with the study file's
+``test_value``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import optuna
+import sqlalchemy as sa
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+
+from budgetsearch import _attrs
+from budgetsearch._settings import StudySettings
+from budgetsearch._tables import claims_table, database_for
+
+# Seeds of the incumbent's retraining, far from the seeds the methods use.
+RETRAIN_SEED_BASE = 10_000
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way to tune: budgetsearch's pair, an Optuna pruner over one schedule, or no early stopping."""
+
+    name: str
+    kind: str  # "ours", "pruner" or "full"
+    algorithm: str = "asha"
+    mode: str = "restart"
+    pruner: Optional[str] = None
+    sampler: Optional[str] = None  # None: the study's own sampler
+
+
+METHODS: Dict[str, Method] = {
+    method.name: method
+    for method in (
+        Method("asha", "ours", algorithm="asha"),
+        Method("asha-resume", "ours", algorithm="asha", mode="resume"),
+        Method("hyperband", "ours", algorithm="hyperband"),
+        Method("hyperband-resume", "ours", algorithm="hyperband", mode="resume"),
+        Method("optuna-hyperband", "pruner", pruner="hyperband"),
+        Method("optuna-sha", "pruner", pruner="sha"),
+        Method("optuna-median", "pruner", pruner="median"),
+        Method("tpe-full", "full", sampler="tpe"),
+        Method("random-full", "full", sampler="random"),
+    )
+}
+
+
+def parse_methods(text: str) -> List[Method]:
+    """Return the methods named in a comma-separated list, or raise ValueError naming a bad one."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METHODS]
+    if unknown or not names:
+        raise ValueError(
+            f"--methods {text!r} is invalid{': unknown ' + ', '.join(unknown) if unknown else ''}; "
+            f"choose from {', '.join(METHODS)}."
+        )
+    return [METHODS[name] for name in dict.fromkeys(names)]
+
+
+class FixedBudgetSampler(BaseSampler):
+    """A base sampler whose trials all get the maximum budget and one schedule, for Optuna's pruners.
+
+    Each trial gets budgetsearch's user attributes for the top rung, so a study file's
+    objective reads its budget and schedule with ``trial_budget`` and ``schedule_for``
+    as it does under budgetsearch's own pair.
+    """
+
+    def __init__(self, base: BaseSampler, settings: StudySettings) -> None:  # noqa: D107
+        self._base = base
+        self._settings = settings
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        settings = self._settings
+        top = settings.ladder.top_rung
+        attrs = {
+            _attrs.BUDGET: settings.max_budget,
+            _attrs.RUNG: top,
+            _attrs.BRACKET: top,
+            _attrs.CONFIG: trial.number,
+            _attrs.ATTEMPT: 0,
+            _attrs.SCHEDULE: schedule_spec(settings),
+        }
+        for key, value in attrs.items():
+            study._storage.set_trial_user_attr(trial._trial_id, key, value)
+        trial.user_attrs.update(attrs)
+        self._base.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> Dict[str, Any]:
+        return self._base.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: Dict[str, Any]) -> Dict[str, Any]:
+        return self._base.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, name: str, distribution: Any) -> Any:
+        return self._base.sample_independent(study, trial, name, distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        self._base.after_trial(study, trial, state, values)
+
+
+def schedule_spec(settings: StudySettings) -> Dict[str, Any]:
+    return {
+        "name": settings.schedule,
+        "options": settings.schedule_options,
+        "warmup": settings.warmup,
+        "unit": settings.budget_unit,
+    }
+
+
+def method_settings(defaults: Any, method: Method, total_budget: int, seed: int, schedule: Optional[str], artifact_dir: str) -> StudySettings:
+    """Return the study settings of one method's run."""
+    overrides: Dict[str, Any] = {"total_budget": total_budget, "seed": seed}
+    if method.sampler is not None:
+        overrides["sampler"] = method.sampler
+    if method.kind == "ours":
+        overrides.update(algorithm=method.algorithm, mode=method.mode)
+        if method.mode == "resume":
+            overrides.update(artifact_dir=artifact_dir, schedule=None)
+    else:
+        # Every trial runs at the maximum budget on one schedule (default: the study's own).
+        overrides.update(algorithm="fixed", mode="restart")
+        if schedule is not None:
+            overrides["schedule"] = schedule
+    return defaults.resolve(**overrides)
+
+
+def make_pruner(method: Method, settings: StudySettings) -> optuna.pruners.BasePruner:
+    if method.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=settings.min_budget, max_resource=settings.max_budget, reduction_factor=settings.reduction_factor
+        )
+    if method.pruner == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=settings.min_budget, reduction_factor=settings.reduction_factor
+        )
+    if method.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=settings.min_budget)
+    return optuna.pruners.NopPruner()
+
+
+def trial_compute(trial: FrozenTrial) -> float:
+    """Return the units a baseline trial trained: its budget if complete, else its last reported step."""
+    budget = trial.user_attrs.get(_attrs.BUDGET, 0)
+    if trial.state == TrialState.COMPLETE:
+        return float(budget)
+    return float(min(max(trial.intermediate_values, default=0), budget))
+
+
+def compute_used(study: optuna.Study) -> float:
+    """Return the compute a baseline study used so far, running trials included."""
+    return sum(trial_compute(t) for t in study.get_trials(deepcopy=False))
+
+
+def run_baseline_worker(study_file: Any, storage: str, study_name: str, method: Method, worker_index: int) -> None:
+    """Run trials of a baseline study until its compute reaches the total budget."""
+    from budgetsearch._status import load_settings
+
+    plain = optuna.load_study(study_name=study_name, storage=storage)
+    settings = load_settings(database_for(plain._storage), plain._study_id)
+    assert settings is not None and settings.total_budget is not None
+    from budgetsearch._sampler import make_base_sampler
+
+    base = make_base_sampler(settings.sampler, settings.seed * 1000 + worker_index)
+    study = optuna.load_study(
+        study_name=study_name, storage=storage,
+        sampler=FixedBudgetSampler(base, settings), pruner=make_pruner(method, settings),
+    )
+    failures = 0
+    while compute_used(study) < settings.total_budget:
+        study.optimize(study_file.objective, n_trials=1, catch=(Exception,))
+        last = study.get_trials(deepcopy=False)[-1]
+        failures = failures + 1 if last.state == TrialState.FAIL and trial_compute(last) == 0 else 0
+        if failures >= 20:
+            raise RuntimeError(f"20 trials in a row of {study_name} failed before training: see the log above.")
+
+
+@dataclass
+class RunResult:
+    """One method's run on one seed."""
+
+    method: str
+    seed: int
+    storage: str
+    wall_seconds: float
+    best_value: Optional[float] = None
+    incumbent: Optional[Dict[str, Any]] = None
+    compute: float = 0.0
+    examples: Optional[float] = None
+    # (compute used, best maximum-budget value so far), in the order trials finished.
+    anytime: List[Tuple[float, Optional[float]]] = dataclasses.field(default_factory=list)
+    test_values: List[float] = dataclasses.field(default_factory=list)
+    schedule: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def run_method(
+    study_path: str, study_file: Any, method: Method, seed: int, total_budget: int, workers: int,
+    out: str, schedule: Optional[str], environment: Dict[str, str],
+) -> RunResult:
+    """Run one method on one seed with ``workers`` processes; return its result without retraining."""
+    from budgetsearch._sampler import BudgetSampler
+
+    name = f"{method.name}-seed{seed}"
+    storage = f"sqlite:///{os.path.join(out, 'runs', name + '.db')}"
+    settings = method_settings(
+        study_file.defaults, method, total_budget, seed, schedule, os.path.join(out, "runs", name + "-artifacts")
+    )
+    started = time.monotonic()
+    if method.kind == "ours":
+        command = [
+            sys.executable, "-m", "budgetsearch", "run", study_path, "--storage", storage, "--study-name", name,
+            "--workers", str(workers), "--algorithm", settings.algorithm, "--mode", settings.mode,
+            "--total-budget", str(total_budget), "--seed", str(seed), "--sampler", settings.sampler,
+        ]
+        if settings.mode == "resume":
+            command += ["--artifact-dir", settings.artifact_dir]
+        _check_call(command, environment, name, out)
+    else:
+        study = optuna.create_study(study_name=name, storage=storage, direction=settings.direction)
+        BudgetSampler(settings=settings).settings_for(study)
+        commands = [
+            [
+                sys.executable, "-m", "budgetsearch", "compare-worker", study_path, "--storage", storage,
+                "--study-name", name, "--method", method.name, "--worker-index", str(index),
+            ]
+            for index in range(workers)
+        ]
+        _check_calls(commands, environment, name, out)
+    result = RunResult(method.name, seed, storage, time.monotonic() - started, schedule=schedule_spec(settings))
+    analyze(result, method, settings)
+    return result
+
+
+def _log_path(out: str, name: str) -> str:
+    return os.path.join(out, "runs", name + ".log")
+
+
+def _check_call(command: List[str], environment: Dict[str, str], name: str, out: str) -> None:
+    _check_calls([command], environment, name, out)
+
+
+def _check_calls(commands: List[List[str]], environment: Dict[str, str], name: str, out: str) -> None:
+    from budgetsearch.cli import CPUS_ENVIRONMENT_VARIABLE, _cpu_sets
+
+    cpu_sets = _cpu_sets(len(commands))
+    with open(_log_path(out, name), "a") as log:
+        processes = []
+        for index, command in enumerate(commands):
+            env = dict(environment)
+            if len(commands) > 1:
+                env[CPUS_ENVIRONMENT_VARIABLE] = ",".join(str(core) for core in cpu_sets[index])
+                env["OMP_NUM_THREADS"] = str(len(cpu_sets[index]))
+            processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+        codes = [process.wait() for process in processes]
+    if any(codes):
+        raise RuntimeError(f"run {name} failed (exit status {max(codes)}): see {_log_path(out, name)}.")
+
+
+def analyze(result: RunResult, method: Method, settings: StudySettings) -> None:
+    """Fill in a run's compute, anytime curve and incumbent from its storage."""
+    study = optuna.load_study(study_name=f"{method.name}-seed{result.seed}", storage=result.storage)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    finished = []  # (finish time, compute, trial)
+    if method.kind == "ours":
+        with database_for(study._storage).engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(claims_table.c.trial_number, claims_table.c.spent, claims_table.c.finished_sequence)
+                .where(claims_table.c.study_id == study._study_id)
+                .where(claims_table.c.finished_sequence.is_not(None))
+                .order_by(claims_table.c.finished_sequence)
+            ).all()
+        for row in rows:
+            finished.append((row.finished_sequence, float(row.spent or 0), trials[row.trial_number]))
+    else:
+        for trial in trials.values():
+            if trial.state.is_finished() and trial.datetime_complete is not None:
+                finished.append((trial.datetime_complete.timestamp(), trial_compute(trial), trial))
+        finished.sort(key=lambda item: item[0])
+
+    sign = 1.0 if settings.direction == "maximize" else -1.0
+    top = settings.ladder.top_rung
+    used = 0.0
+    examples = 0.0
+    best: Optional[FrozenTrial] = None
+    for _, compute, trial in finished:
+        used += compute
+        batch_size = trial.params.get("batch_size")
+        if isinstance(batch_size, (int, float)) and settings.budget_unit == "steps":
+            examples += compute * batch_size
+        at_top = trial.user_attrs.get(_attrs.RUNG) == top
+        if used <= result_budget(settings) and at_top and trial.state == TrialState.COMPLETE and math.isfinite(trial.value):
+            if best is None or sign * trial.value > sign * best.value:
+                best = trial
+        result.anytime.append((used, None if best is None else best.value))
+    result.compute = used
+    result.examples = examples or None
+    if best is not None:
+        result.best_value = best.value
+        result.incumbent = {"trial": best.number, "params": best.params}
+
+
+def result_budget(settings: StudySettings) -> float:
+    return float(settings.total_budget or math.inf)
+
+
+def retrain(study_file: Any, result: RunResult, seeds: int, max_budget: int) -> None:
+    """Train the run's incumbent again at the maximum budget on fresh seeds and record its test values."""
+    test_value = getattr(study_file.module, "test_value", None)
+    if test_value is None or result.incumbent is None:
+        return
+    from budgetsearch._objective import trial_device
+
+    for index in range(seeds):
+        value = test_value(
+            result.incumbent["params"], max_budget, schedule=result.schedule,
+            seed=RETRAIN_SEED_BASE + 100 * result.seed + index, device=trial_device(),
+        )
+        result.test_values.append(float(value))
+
+
+def write_outputs(out: str, results: Sequence[RunResult], methods: Sequence[Method], total_budget: int, direction: str, metric: str) -> None:
+    """Write results.csv, results.md and anytime.png into ``out``."""
+    with open(os.path.join(out, "results.csv"), "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(
+            ["method", "seed", f"best_val_{metric}", f"incumbent_median_test_{metric}", "retrains", "diverged_retrains",
+             "compute_used", "examples_processed", "wall_seconds", "incumbent_params"]
+        )
+        for r in results:
+            finite = [v for v in r.test_values if math.isfinite(v)]
+            writer.writerow([
+                r.method, r.seed, _cell(r.best_value), _cell(statistics.median(finite) if finite else None),
+                len(r.test_values), len(r.test_values) - len(finite), _cell(r.compute), _cell(r.examples),
+                f"{r.wall_seconds:.1f}", json.dumps(r.incumbent["params"] if r.incumbent else None, sort_keys=True),
+            ])
+    _write_markdown(out, results, methods, total_budget, direction, metric)
+    _plot_anytime(out, results, methods, total_budget, metric)
+
+
+def _cell(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def _mean_and_error(values: List[float]) -> str:
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) / math.sqrt(len(values)):.4f}"
+
+
+def first_reach(anytime: List[Tuple[float, Optional[float]]], target: float, direction: str) -> Optional[float]:
+    """Return the compute at which a run's best maximum-budget value first reached ``target``."""
+    for used, best in anytime:
+        if best is not None and (best >= target if direction == "maximize" else best <= target):
+            return used
+    return None
+
+
+def _write_markdown(out: str, results: Sequence[RunResult], methods: Sequence[Method], total_budget: int, direction: str, metric: str) -> None:
+    by_method = {m.name: [r for r in results if r.method == m.name] for m in methods}
+    reference = [r.best_value for r in by_method.get("optuna-hyperband", []) if r.best_value is not None]
+    target = statistics.mean(reference) if reference else None
+    lines = [
+        f"# Comparison at equal compute: {total_budget} units per run",
+        "",
+        f"Mean ± standard error over seeds; best validation {metric} at the maximum budget within the compute, "
+        f"and the median test {metric} of the incumbent retrained on fresh seeds.",
+        "",
+        f"| method | seeds | best validation {metric} | incumbent test {metric} | diverged retrains | compute used | compute to reach optuna-hyperband's final value |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method in methods:
+        runs = by_method[method.name]
+        if not runs:
+            continue  # Not run yet.
+        best = [r.best_value for r in runs if r.best_value is not None]
+        tests = [statistics.median(f) for f in ([v for v in r.test_values if math.isfinite(v)] for r in runs) if f]
+        diverged = sum(sum(1 for v in r.test_values if not math.isfinite(v)) for r in runs)
+        retrains = sum(len(r.test_values) for r in runs)
+        reach = "n/a"
+        if target is not None:
+            fractions = [first_reach(r.anytime, target, direction) for r in runs]
+            reached = [f / total_budget for f in fractions if f is not None]
+            reach = f"{statistics.mean(reached):.2f} of B ({len(reached)}/{len(runs)} seeds)" if reached else "not reached"
+        lines.append(
+            f"| {method.name} | {len(runs)} | {_mean_and_error(best)} | {_mean_and_error(tests)} | {diverged}/{retrains} "
+            f"| {statistics.mean(r.compute for r in runs):.0f} | {reach} |"
+        )
+    with open(os.path.join(out, "results.md"), "w") as file:
+        file.write("\n".join(lines) + "\n")
+
+
+def anytime_grid(anytime: List[Tuple[float, Optional[float]]], grid: Sequence[float]) -> List[Optional[float]]:
+    """Return the best value found by each compute of ``grid`` (None before the first result)."""
+    values = []
+    position = 0
+    best = None
+    for point in grid:
+        while position < len(anytime) and anytime[position][0] <= point:
+            best = anytime[position][1]
+            position += 1
+        values.append(best)
+    return values
+
+
+def _plot_anytime(out: str, results: Sequence[RunResult], methods: Sequence[Method], total_budget: int, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = [total_budget * index / 200 for index in range(1, 201)]
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for method in methods:
+        curves = [anytime_grid(r.anytime, grid) for r in results if r.method == method.name]
+        points = []
+        for column in range(len(grid)):
+            values = [curve[column] for curve in curves if curve[column] is not None]
+            if len(values) == len(curves) and values:
+                points.append((grid[column], statistics.mean(values), min(values), max(values)))
+        if not points:
+            continue
+        xs, means, lows, highs = zip(*points)
+        (line,) = axes.plot(xs, means, label=method.name, drawstyle="steps-post")
+        axes.fill_between(xs, lows, highs, step="post", alpha=0.2, color=line.get_color())
+    axes.set_xlabel("compute spent (study budget units)")
+    axes.set_ylabel(f"best validation {metric} at the maximum budget")
+    axes.set_xlim(0, total_budget)
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(os.path.join(out, "anytime.png"), dpi=120)
+    plt.close(figure)

@@ -1,0 +1,78 @@
+"""budgetsearch compare on a synthetic study: equal compute, incumbents and the files it writes."""
+
+import csv
+import os
+import subprocess
+
+import pytest
+
+from budgetsearch._compare import RunResult, anytime_grid, first_reach, parse_methods
+from conftest import HERE, budgetsearch_command
+
+STUDY = os.path.join(HERE, "studies", "compare_synthetic.py")
+
+
+def test_compare_writes_results_at_equal_compute(tmp_path, cli_environment):
+    out = tmp_path / "cmp"
+    result = subprocess.run(
+        budgetsearch_command(
+            "compare", STUDY, "--methods", "asha,optuna-hyperband,random-full", "--seeds", "2",
+            "--total-budget", "270", "--workers", "2", "--out", str(out),
+        ),
+        env=cli_environment, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    with open(out / "results.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["method"], row["seed"]) for row in rows] == [
+        ("asha", "0"), ("asha", "1"), ("optuna-hyperband", "0"), ("optuna-hyperband", "1"),
+        ("random-full", "0"), ("random-full", "1"),
+    ]
+    for row in rows:
+        compute = float(row["compute_used"])
+        # Ours reserves within the budget. The others stop starting trials at the budget,
+        # so each of their two workers may finish one trial of at most 27 units beyond it.
+        if row["method"] == "asha":
+            assert compute <= 270
+        else:
+            assert 270 <= compute <= 270 + 2 * 27
+        assert row["retrains"] == "3"
+        assert row["diverged_retrains"] == "0"
+        assert float(row["best_val_loss"]) >= 1.0 / 27**0.5
+        # The retrained incumbent's test value is its loss at 27 plus the seeds' offsets.
+        assert float(row["incumbent_median_test_loss"]) >= float(row["best_val_loss"])
+        assert float(row["examples_processed"]) >= 8 * min(compute, 270)
+    markdown = (out / "results.md").read_text()
+    for method in ("asha", "optuna-hyperband", "random-full"):
+        assert f"| {method} | 2 |" in markdown
+    assert (out / "anytime.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_rejects_bad_input(tmp_path, cli_environment):
+    def run(*args):
+        return subprocess.run(
+            budgetsearch_command("compare", STUDY, "--out", str(tmp_path / "x"), *args),
+            env=cli_environment, capture_output=True, text=True, timeout=120,
+        )
+
+    unknown = run("--methods", "asha,optuna-bohb")
+    assert unknown.returncode == 2
+    assert "unknown optuna-bohb" in unknown.stderr
+    small = run("--total-budget", "10")
+    assert small.returncode == 2
+    assert "below the study's maximum budget 27" in small.stderr
+
+
+def test_parse_methods_keeps_order_and_drops_repeats():
+    assert [m.name for m in parse_methods("optuna-sha, asha,optuna-sha")] == ["optuna-sha", "asha"]
+    with pytest.raises(ValueError, match="choose from"):
+        parse_methods(" , ")
+
+
+def test_anytime_curve_on_grid_and_first_reach():
+    anytime = [(3.0, None), (6.0, 0.9), (33.0, 0.5), (60.0, 0.5), (87.0, 0.4)]
+    assert anytime_grid(anytime, [1, 3, 6, 30, 33, 100]) == [None, None, 0.9, 0.9, 0.5, 0.4]
+    assert first_reach(anytime, 0.5, "minimize") == 33.0
+    assert first_reach(anytime, 0.3, "minimize") is None
+    assert first_reach([(5.0, 0.7), (9.0, 0.8)], 0.75, "maximize") == 9.0
+    assert RunResult("asha", 0, "sqlite://", 1.0).anytime == []
