@@ -546,6 +546,26 @@ def optuna_logging_warnings() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def command_report(args: argparse.Namespace) -> int:
+    import optuna
+
+    from budgetsearch._report import write_report
+
+    if not _study_may_exist(args.storage):
+        raise UsageError(f"storage {mask_url(args.storage)} not found: pass the --storage URL the study was created with.")
+    storage = open_storage(args.storage)
+    try:
+        study = optuna.load_study(study_name=args.study_name, storage=storage)
+    except KeyError:
+        raise UsageError(f"study {args.study_name!r} not found in {mask_url(args.storage)}.") from None
+    try:
+        names = write_report(study, args.out)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    print(f"Wrote {', '.join(names)} in {args.out}")
+    return 0
+
+
 # -- status and db -------------------------------------------------------------------
 
 
@@ -714,6 +734,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare_worker.add_argument("--method", required=True)
     compare_worker.add_argument("--worker-index", type=int, default=0)
     compare_worker.set_defaults(handler=command_compare_worker)
+
+    report = subparsers.add_parser(
+        "report",
+        help="write a study's plots (rung scatter, learning curves, best against budget) and a Markdown summary.",
+    )
+    _add_storage(report)
+    report.add_argument("--study-name", required=True, help="name of the study.")
+    report.add_argument("--out", required=True, help="folder for the plots, report.json and summary.md.")
+    report.set_defaults(handler=command_report)
 
     status = subparsers.add_parser("status", help="print a study's progress and best result.")
     _add_storage(status)
