@@ -79,24 +79,26 @@ def parse_methods(text: str) -> List[Method]:
 
 
 class FixedBudgetSampler(BaseSampler):
-    """A base sampler whose trials all get the maximum budget and one schedule, for Optuna's pruners.
+    """A base sampler whose trials all get one budget of the ladder and the schedule fitted to it.
 
-    Each trial gets budgetsearch's user attributes for the top rung, so a study file's
-    objective reads its budget and schedule with ``trial_budget`` and ``schedule_for``
-    as it does under budgetsearch's own pair.
+    Each trial gets budgetsearch's user attributes for that rung (by default the top
+    one), so a study file's objective reads its budget and schedule with
+    ``trial_budget`` and ``schedule_for`` as it does under budgetsearch's own pair.
+    Optuna's pruners then decide when to stop it.
     """
 
-    def __init__(self, base: BaseSampler, settings: StudySettings) -> None:  # noqa: D107
+    def __init__(self, base: BaseSampler, settings: StudySettings, budget: Optional[int] = None) -> None:  # noqa: D107
         self._base = base
         self._settings = settings
+        self._budget = settings.max_budget if budget is None else budget
+        self._rung = list(settings.ladder.budgets).index(self._budget)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         settings = self._settings
-        top = settings.ladder.top_rung
         attrs = {
-            _attrs.BUDGET: settings.max_budget,
-            _attrs.RUNG: top,
-            _attrs.BRACKET: top,
+            _attrs.BUDGET: self._budget,
+            _attrs.RUNG: self._rung,
+            _attrs.BRACKET: self._rung,
             _attrs.CONFIG: trial.number,
             _attrs.ATTEMPT: 0,
             _attrs.SCHEDULE: schedule_spec(settings),

@@ -21,12 +21,16 @@ from budgetsearch._tables import database_for
 def report_data(study: optuna.Study) -> Dict[str, Any]:
     """Return the data of the report's plots and summary.
 
-    Keys: ``summary`` (as ``budgetsearch status --json``), ``rung_results`` (one entry
-    per complete claim: configuration, rung, budget, value), ``promotions`` (pairs of
-    configuration and rung it moved up from, with both values), ``curves`` (each
-    trial's reported steps and values with its budget), and ``best_vs_spent`` (budget
-    spent so far and the best result at the highest rung reached so far, after each
-    finished claim in the order they finished).
+    The keys:
+
+    * ``summary``: as ``budgetsearch status --json``.
+    * ``rung_results``: one entry per complete claim, with its configuration, rung,
+      budget and value.
+    * ``promotions``: each configuration and the rung it moved up from, with its
+      values on both rungs.
+    * ``curves``: each trial's reported steps and values, with its budget.
+    * ``best_vs_spent``: after each finished claim, in the order they finished, the
+      budget spent so far and the best result at the highest rung reached so far.
     """
     database = database_for(study._storage)
     settings = load_settings(database, study._study_id)

@@ -525,7 +525,19 @@ def command_compare(args: argparse.Namespace) -> int:
             )
             results.append(result)
             _compare.write_outputs(args.out, results, methods, total_budget, defaults.direction, defaults.metric)
-    print(f"compare: wrote results.csv, results.md and anytime.png in {args.out}")
+    written = "results.csv, results.md and anytime.png"
+    if args.rank_correlation:
+        from budgetsearch import _rank
+
+        print(f"compare: rank correlation on {args.rank_correlation} configurations ...", flush=True)
+        records = _rank.measure(study_file, args.rank_correlation, args.out)
+        ladder = defaults.resolve().ladder.budgets
+        _rank.write(
+            args.out, records, defaults.direction, defaults.metric,
+            f"maximum budget {ladder[-1]} and first rung {ladder[0]} {defaults.budget_unit}",
+        )
+        written += ", rank_correlation.csv, rank_correlation.md and rank_correlation.png"
+    print(f"compare: wrote {written} in {args.out}")
     return 0
 
 
@@ -724,6 +736,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--workers", type=_positive_int, default=2, help="worker processes per run (default 2).")
     compare.add_argument("--retrain-seeds", type=_positive_int, default=3, help="fresh seeds to retrain each incumbent on (default 3).")
     compare.add_argument("--schedule", help="schedule of the Optuna-pruner and full-budget methods (default: the study's own).")
+    compare.add_argument(
+        "--rank-correlation",
+        type=_positive_int,
+        metavar="K",
+        help="also train K random configurations at the maximum and at the first rung's budget, and report how well each cheap measurement ranks them.",
+    )
     compare.add_argument("--out", required=True, help="folder for the runs and the results; must not hold runs yet.")
     compare.set_defaults(handler=command_compare)
 

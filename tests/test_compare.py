@@ -17,7 +17,7 @@ def test_compare_writes_results_at_equal_compute(tmp_path, cli_environment):
     result = subprocess.run(
         budgetsearch_command(
             "compare", STUDY, "--methods", "asha,optuna-hyperband,random-full", "--seeds", "2",
-            "--total-budget", "270", "--workers", "2", "--out", str(out),
+            "--total-budget", "270", "--workers", "2", "--rank-correlation", "8", "--out", str(out),
         ),
         env=cli_environment, capture_output=True, text=True, timeout=600,
     )
@@ -46,6 +46,18 @@ def test_compare_writes_results_at_equal_compute(tmp_path, cli_environment):
     for method in ("asha", "optuna-hyperband", "random-full"):
         assert f"| {method} | 2 |" in markdown
     assert (out / "anytime.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # In this study a configuration's value at any step ranks it as at the end, so both
+    # cheap measurements rank the 8 configurations perfectly.
+    with open(out / "rank_correlation.csv") as file:
+        records = list(csv.DictReader(file))
+    assert len(records) == 8
+    for record in records:
+        assert float(record["truncated"]) == float(record["first_rung_fitted"]) > float(record["full_budget"])
+    table = (out / "rank_correlation.md").read_text()
+    assert table.count("1.000 [1.000, 1.000] (n=8)") == 2
+    assert table.count("(n=4)") == 2
+    assert (out / "rank_correlation.png").exists()
 
 
 def test_compare_rejects_bad_input(tmp_path, cli_environment):
@@ -76,3 +88,26 @@ def test_anytime_curve_on_grid_and_first_reach():
     assert first_reach(anytime, 0.3, "minimize") is None
     assert first_reach([(5.0, 0.7), (9.0, 0.8)], 0.75, "maximize") == 9.0
     assert RunResult("asha", 0, "sqlite://", 1.0).anytime == []
+
+
+def test_rank_summary_over_all_and_better_half():
+    from budgetsearch._rank import summarize
+
+    # The study maximizes; the configuration with a NaN result is left out.
+    records = [
+        {"full_budget": full, "truncated": truncated, "first_rung_fitted": fitted}
+        for full, truncated, fitted in [
+            (0.1, 0.4, 0.1), (0.2, 0.3, 0.2), (0.3, 0.2, 0.3), (0.4, 0.1, 0.4),
+            (0.5, 0.6, 0.5), (0.6, 0.5, 0.6), (float("nan"), 0.9, 0.9),
+        ]
+    ]
+    table = summarize(records, "maximize")
+    rho, low, high, pairs = table["first_rung_fitted"]["all"]
+    assert (rho, pairs) == (1.0, 6)
+    assert low <= rho <= high
+    # Truncated values reverse the order within the first four: the squared rank
+    # differences sum to 22, so rho over all six is 1 - 6 * 22 / (6 * 35).
+    assert abs(table["truncated"]["all"][0] - (1 - 6 * 22 / 210)) < 1e-12
+    # The better half by full-budget value (0.6, 0.5, 0.4) is ranked 0.5, 0.6, 0.1 by truncation.
+    assert table["truncated"]["better half"][3] == 3
+    assert abs(table["truncated"]["better half"][0] - 0.5) < 1e-12
