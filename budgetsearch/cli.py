@@ -450,6 +450,19 @@ def _limit_cpus() -> None:
         sys.modules["torch"].set_num_threads(len(cores))
 
 
+def command_create(args: argparse.Namespace) -> int:
+    from budgetsearch._studyfile import load_study_file
+
+    study_file = load_study_file(args.study_file)
+    study, settings = open_study(args, study_file)
+    print(
+        f"Study {study.study_name!r} in {mask_url(args.storage)}: ladder {list(settings.ladder.budgets)} "
+        f"{settings.budget_unit}, total budget {settings.total_budget}, {settings.algorithm} in {settings.mode} mode. "
+        "Start workers with `budgetsearch worker`."
+    )
+    return 0
+
+
 def command_worker(args: argparse.Namespace) -> int:
     import optuna
 
@@ -710,6 +723,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (every GPU, else the CPU; the default), cpu, or comma-separated cuda:N devices; workers take them round-robin.",
     )
     run.set_defaults(handler=command_run)
+
+    create = subparsers.add_parser(
+        "create", help="create a study with its settings, or check an existing one's, and start no worker."
+    )
+    _add_study_flags(create)
+    create.set_defaults(handler=command_create)
 
     worker = subparsers.add_parser("worker", help="join a study as one worker process, from any machine that reaches its database.")
     _add_study_flags(worker)
