@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage
 
-from budgetsearch._tables import DEFAULT_DB_WAIT, Outage, is_disconnect
+from budgetsearch._tables import DEFAULT_DB_WAIT, Outage, is_disconnect, network_connect_args
 
 # The storage calls that reach the database, including the one Optuna's cache uses.
 _RETRIED = (
@@ -61,8 +61,11 @@ class ReconnectingStorage(RDBStorage):
     Args:
         url: The SQLAlchemy URL of the database.
         db_wait: Seconds to keep retrying an unreachable database.
-        engine_kwargs: Passed to :func:`sqlalchemy.create_engine`; ``pool_pre_ping``
-            is on unless set here, so that connections the server closed are replaced.
+        engine_kwargs: Passed to :func:`sqlalchemy.create_engine`. On a server database,
+            ``pool_pre_ping`` is on unless set here, so that connections the server
+            closed are replaced, and the driver gets TCP keepalives and timeouts (for
+            PostgreSQL an error after 30 s of unacknowledged data), so that a cut
+            network link gives an error instead of a hang.
         **kwargs: Other arguments of :class:`optuna.storages.RDBStorage`.
 
     Note:
@@ -80,6 +83,7 @@ class ReconnectingStorage(RDBStorage):
         engine_kwargs = dict(engine_kwargs or {})
         if not url.startswith("sqlite"):
             engine_kwargs.setdefault("pool_pre_ping", True)
+            engine_kwargs["connect_args"] = {**network_connect_args(url), **engine_kwargs.get("connect_args", {})}
         _with_retries(lambda: RDBStorage.__init__(self, url, engine_kwargs=engine_kwargs, **kwargs), url, db_wait)
 
 

@@ -37,8 +37,14 @@ def free_port():
 class OwnPostgres:
     """A throwaway PostgreSQL cluster with a database named ``test``."""
 
-    def __init__(self, programs):
+    def __init__(self, programs, listen=("127.0.0.1",), trusted_networks=()):
+        """Create and start the cluster, listening on the ``listen`` addresses.
+
+        Clients from ``trusted_networks`` (CIDR strings) connect without a password, as
+        clients from loopback do.
+        """
         self._programs = programs
+        self._listen = ",".join(listen)
         self._user = "postgres" if os.geteuid() == 0 else None
         self.folder = tempfile.mkdtemp(prefix="budgetsearch-pg-")
         self.data = os.path.join(self.folder, "data")
@@ -48,6 +54,11 @@ class OwnPostgres:
             account = pwd.getpwnam(self._user)
             os.chown(self.folder, account.pw_uid, account.pw_gid)
         self._run("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
+        if trusted_networks:
+            hba = os.path.join(self.data, "pg_hba.conf")
+            with open(hba, "a") as file:
+                for network in trusted_networks:
+                    file.write(f"host all all {network} trust\n")
         self.start()
         admin = sa.create_engine(self.server_url("postgres"), isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
@@ -65,7 +76,13 @@ class OwnPostgres:
         subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
 
     def start(self):
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        # A client whose network link is cut holds its locks until the server notices:
+        # keepalives and the timeouts below make that take seconds, not hours.
+        options = (
+            f"-p {self.port} -k {self.folder} -c listen_addresses={self._listen} -c fsync=off "
+            "-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=2 "
+            "-c tcp_user_timeout=3000 -c idle_in_transaction_session_timeout=5000"
+        )
         self._run("pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "start")
 
     def stop(self):
