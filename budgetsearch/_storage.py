@@ -63,9 +63,9 @@ class ReconnectingStorage(RDBStorage):
         db_wait: Seconds to keep retrying an unreachable database.
         engine_kwargs: Passed to :func:`sqlalchemy.create_engine`. On a server database,
             ``pool_pre_ping`` is on unless set here, so that connections the server
-            closed are replaced, and the driver gets TCP keepalives and timeouts (for
-            PostgreSQL an error after 30 s of unacknowledged data), so that a cut
-            network link gives an error instead of a hang.
+            closed are replaced. The driver also gets TCP keepalives and timeouts, so
+            that a cut network link gives an error instead of a hang. On PostgreSQL
+            that error comes after 30 s of unacknowledged data.
         **kwargs: Other arguments of :class:`optuna.storages.RDBStorage`.
 
     Note:

@@ -2,8 +2,8 @@
 
 The test builds the hosts itself: two network namespaces, each joined to the root
 namespace by a veth pair, and its own PostgreSQL cluster listening on the root ends of
-both pairs. It needs root, as CI has; where namespaces cannot be created it skips and
-says why.
+both pairs. It needs root, as CI has. Where namespaces cannot be created, it skips
+with the reason.
 """
 
 import os
