@@ -158,12 +158,13 @@ def _markdown(info: Dict[str, Any]) -> str:
         f"{info['schedule']} schedule, budgets {info['ladder']} {info['budget_unit']}.",
         f"Budget reserved {info['budget_reserved']} of {info['total_budget']}; spent {info['budget_spent']}.",
         "",
-        "| rung | budget | complete | pruned | failed | promoted |",
-        "|---|---|---|---|---|---|",
+        "| rung | budget | complete | pruned | failed | lost | promoted |",
+        "|---|---|---|---|---|---|---|",
     ]
     for rung in info["rungs"]:
         lines.append(
-            f"| {rung['rung']} | {rung['budget']} | {rung['complete']} | {rung['pruned']} | {rung['failed']} | {rung['promoted']} |"
+            f"| {rung['rung']} | {rung['budget']} | {rung['complete']} | {rung['pruned']} | {rung['failed']} "
+            f"| {rung['lost']} | {rung['promoted']} |"
         )
     best = info["best"]
     lines.append("")

@@ -97,6 +97,7 @@ def summary(study: optuna.Study) -> Dict[str, Any]:
                 "complete": sum(1 for row in at_rung if row.state == COMPLETE),
                 "pruned": sum(1 for row in at_rung if row.state == PRUNED),
                 "failed": sum(1 for row in at_rung if row.state == FAILED),
+                "lost": sum(1 for row in at_rung if row.state == LOST),
                 "running": sum(1 for row in at_rung if row.state == RUNNING),
                 "promoted": len({row.config for row in at_rung} & above),
             }

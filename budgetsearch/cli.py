@@ -409,13 +409,14 @@ def _print_summary(data: Dict[str, Any], elapsed: Optional[float] = None) -> Non
         f"Budget reserved {data['budget_reserved']} of "
         f"{data['total_budget'] if data['total_budget'] is not None else 'unlimited'}; spent {data['budget_spent']}."
         + ("" if elapsed is None else f" Wall-clock time {elapsed:.0f} s."),
-        "Trials: " + ", ".join(f"{count} {state}" for state, count in data["trials"].items() if count),
-        f"{'rung':>4} {'budget':>8} {'complete':>8} {'pruned':>6} {'failed':>6} {'running':>7} {'promoted':>8}",
+        # Optuna's trial states: a lost trial is failed there, and a trial that got no job is pruned.
+        "Optuna trials: " + ", ".join(f"{count} {state}" for state, count in data["trials"].items() if count),
+        f"{'rung':>4} {'budget':>8} {'complete':>8} {'pruned':>6} {'failed':>6} {'lost':>4} {'running':>7} {'promoted':>8}",
     ]
     for rung in data["rungs"]:
         lines.append(
             f"{rung['rung']:>4} {rung['budget']:>8} {rung['complete']:>8} {rung['pruned']:>6} "
-            f"{rung['failed']:>6} {rung['running']:>7} {rung['promoted']:>8}"
+            f"{rung['failed']:>6} {rung['lost']:>4} {rung['running']:>7} {rung['promoted']:>8}"
         )
     if data["algorithm"] == "hyperband":
         for bracket in data["brackets"]:

@@ -1,5 +1,6 @@
 """Workers that die or run long steps: heartbeats, lost trials and their next attempts."""
 
+import json
 import os
 import signal
 import subprocess
@@ -84,6 +85,15 @@ def test_killed_worker_job_runs_again(kill_storage_url, study_name, cli_environm
     by_number = {t.number: t for t in trials}
     assert by_number[killed[0].trial_number].state == optuna.trial.TrialState.FAIL
     assert sum(row.reserved for row in rows) <= 40
+
+    # The status table counts the lost trial in its rung's lost column.
+    status = subprocess.run(
+        budgetsearch_command("status", "--storage", kill_storage_url, "--study-name", study_name, "--json"),
+        env=cli_environment, capture_output=True, text=True, timeout=120,
+    )
+    lost_per_rung = {rung["rung"]: rung["lost"] for rung in json.loads(status.stdout)["rungs"]}
+    assert lost_per_rung[lost[0].rung] == 1
+    assert sum(lost_per_rung.values()) == 1
 
 
 def test_long_steps_keep_heartbeat(tmp_path, cli_environment):
