@@ -36,6 +36,7 @@ accuracy, run
 
 import argparse
 import functools
+import math
 import os
 import pickle
 import time
@@ -320,6 +321,26 @@ def measure_test_accuracy(params: dict, epochs: int, *, device: torch.device, se
         params, epochs, device=device, seed=seed, data=data,
         scheduler_factory=lambda optimizer, per_epoch: LinearSchedule(optimizer, epochs, unit="epochs", steps_per_epoch=per_epoch),
     )
+    return evaluate_accuracy(model, data.x_test, data.y_test, device)
+
+
+def test_value(params: dict, budget: int, *, schedule: dict, seed: int, device: torch.device) -> float:
+    """Train for ``budget`` epochs on ``schedule`` and return the test accuracy, or NaN if training diverged.
+
+    ``budgetsearch compare`` calls this to retrain each method's incumbent.
+    """
+    from budgetsearch.schedules import make_schedule
+
+    data = load_data()
+    model, val_accuracy, _ = fit(
+        params, budget, device=device, seed=seed, data=data,
+        scheduler_factory=lambda optimizer, per_epoch: make_schedule(
+            optimizer, budget, schedule["name"], warmup=schedule.get("warmup", 0), unit="epochs",
+            steps_per_epoch=per_epoch, **schedule.get("options", {}),
+        ),
+    )
+    if math.isnan(val_accuracy):
+        return val_accuracy
     return evaluate_accuracy(model, data.x_test, data.y_test, device)
 
 

@@ -1,5 +1,6 @@
 """The CIFAR-10 study on a small data set that the test writes in torchvision's on-disk format."""
 
+import math
 import os
 import pickle
 
@@ -85,3 +86,12 @@ def test_one_epoch_through_pair_on_cpu(cifar, monkeypatch):
         assert 0.0 <= trial.value <= 1.0
         assert trial.user_attrs["cifar10:images_per_second"] > 0
         assert set(trial.params) == {"lr", "weight_decay", "batch_size", "label_smoothing"}
+
+
+def test_test_value_trains_on_given_schedule(cifar):
+    params = {"lr": 0.05, "weight_decay": 5e-4, "batch_size": 128, "label_smoothing": 0.0}
+    schedule = {"name": "linear", "options": {}, "warmup": 0, "unit": "epochs"}
+    value = cifar.test_value(params, 1, schedule=schedule, seed=0, device=torch.device("cpu"))
+    assert 0.0 <= value <= 1.0
+    diverged = cifar.test_value(dict(params, lr=1e9), 1, schedule=schedule, seed=0, device=torch.device("cpu"))
+    assert math.isnan(diverged)
