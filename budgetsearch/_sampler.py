@@ -57,6 +57,8 @@ class _TrialPlan:
     base_sampler: Optional[BaseSampler] = None
     # The rung whose results the base sampler learns from.
     model_rung: int = 0
+    # The base sampler's view of the study, made once per trial.
+    view: Optional["_RungStudy"] = None
 
 
 _CLAIM_COLUMNS = (
@@ -229,6 +231,7 @@ class _RungStudy(Study):
         self._original = study
         self._rung = rung
         self.sampler = sampler
+        self._filtered: Dict[Any, list] = {}
 
     def _keep(self, trial: FrozenTrial) -> bool:
         attrs = trial.user_attrs
@@ -238,8 +241,16 @@ class _RungStudy(Study):
         return trial.state == TrialState.RUNNING and attrs.get(_attrs.CONFIG) == trial.number
 
     def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list:
-        trials = self._original._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-        return [t for t in trials if self._keep(t)]
+        # The filtered list is kept for the view's lifetime, one trial's sampling, because
+        # samplers such as TPE read the trials several times per trial.
+        if deepcopy:
+            trials = self._original._get_trials(deepcopy=True, states=states, use_cache=use_cache)
+            return [t for t in trials if self._keep(t)]
+        key = None if states is None else tuple(states)
+        if key not in self._filtered:
+            trials = self._original._get_trials(deepcopy=False, states=states, use_cache=use_cache)
+            self._filtered[key] = [t for t in trials if self._keep(t)]
+        return self._filtered[key]
 
     def get_trials(self, deepcopy: bool = True, states: Any = None) -> list:
         return self._get_trials(deepcopy=deepcopy, states=states)
@@ -671,7 +682,7 @@ class BudgetSampler(BaseSampler):
         plan = self._plan(study, trial)
         if plan is None or plan.base_sampler is None:
             return {}
-        return plan.base_sampler.infer_relative_search_space(_RungStudy(study, plan.model_rung, plan.base_sampler), trial)
+        return plan.base_sampler.infer_relative_search_space(_view(plan, study), trial)
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: Dict[str, BaseDistribution]
@@ -679,7 +690,7 @@ class BudgetSampler(BaseSampler):
         plan = self._plan(study, trial)
         if plan is None or plan.base_sampler is None or not search_space:
             return {}
-        return plan.base_sampler.sample_relative(_RungStudy(study, plan.model_rung, plan.base_sampler), trial, search_space)
+        return plan.base_sampler.sample_relative(_view(plan, study), trial, search_space)
 
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
@@ -690,7 +701,7 @@ class BudgetSampler(BaseSampler):
         if plan.replay is not None:
             return _replayed_value(plan, trial, param_name, param_distribution)
         assert plan.base_sampler is not None
-        view = _RungStudy(study, plan.model_rung, plan.base_sampler)
+        view = _view(plan, study)
         return plan.base_sampler.sample_independent(view, trial, param_name, param_distribution)
 
     # -- results ---------------------------------------------------------------------
@@ -702,12 +713,19 @@ class BudgetSampler(BaseSampler):
         with self._lock:
             plan = binding.plans.pop(trial._trial_id, None)
         if plan is not None and plan.base_sampler is not None:
-            plan.base_sampler.after_trial(_RungStudy(study, plan.model_rung, plan.base_sampler), trial, state, values)
+            plan.base_sampler.after_trial(_view(plan, study), trial, state, values)
         record_result(binding.database, study._study_id, trial, state, values)
 
     def reseed_rng(self) -> None:
         # Per-trial base samplers derive their seeds from the study seed and trial number.
         pass
+
+
+def _view(plan: _TrialPlan, study: Study) -> "_RungStudy":
+    if plan.view is None:
+        assert plan.base_sampler is not None
+        plan.view = _RungStudy(study, plan.model_rung, plan.base_sampler)
+    return plan.view
 
 
 def _replayed_value(plan: _TrialPlan, trial: FrozenTrial, name: str, distribution: BaseDistribution) -> Any:
