@@ -427,13 +427,18 @@ class BudgetSampler(BaseSampler):
             raise ValueError("budgetsearch supports single-objective studies only.")
         requested = self._requested_settings(direction)
 
-        def bind(connection: sa.engine.Connection) -> StudySettings:
+        def stored_text(connection: sa.engine.Connection) -> Optional[str]:
+            return connection.execute(
+                sa.select(studies_table.c.settings).where(studies_table.c.study_id == study_id)
+            ).scalar()
+
+        def bind(connection: sa.engine.Connection) -> Union[str, StudySettings]:
+            # Stored settings are returned as text and parsed after the transaction: parsing
+            # may import torch, which takes seconds, and the study's row stays locked until
+            # the transaction ends.
             row = database.lock_study(connection, study_id)
             if row is not None:
-                stored = StudySettings.from_json(row.settings)
-                if requested is not None:
-                    check_settings_match(stored, requested, study.study_name)
-                return stored
+                return row.settings
             if requested is None:
                 raise ValueError(
                     f"study {study.study_name!r} has no budgetsearch settings stored: create it "
@@ -453,7 +458,16 @@ class BudgetSampler(BaseSampler):
             )
             return settings
 
-        settings = database.run(bind)
+        # Joining a study reads its settings without the lock; only creating them locks.
+        found = database.run(stored_text)
+        if found is None:
+            found = database.run(bind)
+        if isinstance(found, str):
+            settings = StudySettings.from_json(found)
+            if requested is not None:
+                check_settings_match(settings, requested, study.study_name)
+        else:
+            settings = found
         if self._use_stored and isinstance(self._base_spec, str) and settings.sampler != "custom":
             self._base_spec = settings.sampler
             _check_base_sampler(self._base_spec)
