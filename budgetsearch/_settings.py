@@ -112,8 +112,8 @@ class StudySettings:
                 "so that every trial's schedule can decay after its warm-up."
             )
 
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ValueError(f"seed={self.seed!r} is invalid: it must be an integer or unset.")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"seed={self.seed!r} is invalid: it must be an integer of 0 or more, or unset.")
         retries = self.max_retries
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"max_retries={retries!r} is invalid: it must be a non-negative integer.")

@@ -7,7 +7,7 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import optuna
@@ -36,6 +36,17 @@ class WorkerReport:
     failed: int = 0
     lost: int = 0
     stopped_by_signal: bool = False
+    # Set when the worker stopped because its last trials failed with one error.
+    stopped_by_error: Optional[str] = None
+    # The errors of the trials that failed before their first report, since the last
+    # trial that did not.
+    recent_errors: list = field(default_factory=list)
+
+
+# A worker stops when this many trials in a row fail with the same error before they
+# report anything (missing data, say), so that a broken set-up does not use up the
+# study's budget on failed trials.
+REPEATED_FAILURES = 3
 
 
 class _SignalStop:
@@ -156,7 +167,8 @@ def run_worker(
                 if _running_claims(database, study._study_id) == 0:
                     logger.info("Worker %s stops: no job fits the study's limits.", worker_id)
                     break
-                _sleep_unless_stopped(stop, settings.heartbeat_interval)
+                # Check often: a running trial's end can free budget or end the study.
+                _sleep_unless_stopped(stop, min(1.0, settings.heartbeat_interval))
                 continue
             trial = study.ask()
 
@@ -166,7 +178,20 @@ def run_worker(
                 break
 
             with _Heartbeat(database, study._study_id, trial.number, settings.heartbeat_interval, worker_id):
-                outcome = _run_trial(study, trial, objective, worker_id, stop)
+                outcome, error = _run_trial(study, trial, objective, worker_id, stop)
+            if outcome == "failed" and error is not None and not study._storage.get_trial(trial._trial_id).intermediate_values:
+                report.recent_errors = report.recent_errors + [error]
+            else:
+                report.recent_errors = []
+            repeated = report.recent_errors[-REPEATED_FAILURES:]
+            if len(repeated) == REPEATED_FAILURES and repeated[0] is not None and len(set(repeated)) == 1:
+                report.failed += 1
+                report.stopped_by_error = (
+                    f"worker {worker_id} stopped: its last {REPEATED_FAILURES} trials failed with the same error: "
+                    f"{repeated[0]}"
+                )
+                logger.error("%s", report.stopped_by_error)
+                break
             if outcome == "lost":
                 _mark_lost(database, study._study_id, trial.number)
                 report.lost += 1
@@ -188,7 +213,8 @@ def run_worker(
 
 def _run_trial(
     study: optuna.Study, trial: optuna.trial.Trial, objective: Callable, worker_id: str, stop: _SignalStop
-) -> str:
+) -> tuple:
+    """Run the objective on ``trial`` and tell Optuna its end; return the outcome and the error text, if any."""
     try:
         stop.in_objective = True
         if stop.requested:
@@ -198,33 +224,34 @@ def _run_trial(
         finally:
             stop.in_objective = False
     except optuna.TrialPruned:
-        return "pruned" if _tell(study, trial, worker_id, state=TrialState.PRUNED) is not None else "discarded"
+        return ("pruned" if _tell(study, trial, worker_id, state=TrialState.PRUNED) is not None else "discarded"), None
     except WorkerStopped as interruption:
         logger.warning(
             "Worker %s stopped by %s during trial %d; its job goes to the next attempt.",
             worker_id, interruption, trial.number,
         )
         _tell(study, trial, worker_id, state=TrialState.FAIL)
-        return "lost"
+        return "lost", None
     except DatabaseUnavailableError:
         raise  # The worker stops; its trial's heartbeat stops too, so another worker runs the job again.
     except (Exception, SystemExit, KeyboardInterrupt) as error:  # An objective's error fails its own trial only.
         logger.warning("Worker %s: trial %d failed: %s: %s", worker_id, trial.number, type(error).__name__, error, exc_info=True)
-        return "failed" if _tell(study, trial, worker_id, state=TrialState.FAIL) is not None else "discarded"
+        outcome = "failed" if _tell(study, trial, worker_id, state=TrialState.FAIL) is not None else "discarded"
+        return outcome, f"{type(error).__name__}: {error}"
 
     if not _is_finite_number(value):
         logger.warning(
             "Worker %s: trial %d failed: the objective returned %r, not a finite number.", worker_id, trial.number, value
         )
-        return "failed" if _tell(study, trial, worker_id, state=TrialState.FAIL) is not None else "discarded"
+        return ("failed" if _tell(study, trial, worker_id, state=TrialState.FAIL) is not None else "discarded"), None
     frozen = _tell(study, trial, worker_id, value)
     if frozen is None:
-        return "discarded"
+        return "discarded", None
     if frozen.state == TrialState.COMPLETE:
         logger.info("Worker %s: trial %d finished with value %r.", worker_id, trial.number, frozen.value)
-        return "complete"
+        return "complete", None
     logger.warning("Worker %s: trial %d failed: the objective returned %r, not a finite number.", worker_id, trial.number, value)
-    return "failed"
+    return "failed", None
 
 
 def _tell(study: optuna.Study, trial: optuna.trial.Trial, worker_id: str, *args: Any, **kwargs: Any) -> Any:

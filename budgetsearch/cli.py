@@ -196,8 +196,11 @@ def _explicit_settings(args: argparse.Namespace, defaults: Any = None) -> Dict[s
     return explicit
 
 
-def open_study(args: argparse.Namespace, study_file: Any) -> Any:
-    """Create the study with its resolved settings, or load it and check the flags against it."""
+def open_study(args: argparse.Namespace, study_file: Any, *, create: bool = True) -> Any:
+    """Create the study with its resolved settings, or load it and check the flags against it.
+
+    Without ``create`` (a worker joining), a study that does not exist is an error.
+    """
     import optuna
 
     from budgetsearch._sampler import BudgetSampler, check_settings_match, mismatch_message
@@ -248,6 +251,11 @@ def open_study(args: argparse.Namespace, study_file: Any) -> Any:
             raise UsageError(str(error)) from None
         return existing, stored
 
+    if not create:
+        raise UsageError(
+            f"study {study_name!r} not found in {mask_url(args.storage)}: create it first with "
+            "`budgetsearch create` (or `budgetsearch run`), or check --study-name and --storage."
+        )
     if invalid is not None or settings is None:
         raise UsageError(invalid or "invalid study settings")
 
@@ -290,6 +298,8 @@ def _gpu_count() -> int:
 
 def _parse_devices(text: Optional[str]) -> List[str]:
     """Return the devices of ``--devices``: ``cpu``, ``cuda:N`` entries, or ``auto`` (every GPU, else the CPU)."""
+    if text is not None and not text.strip():
+        raise UsageError("--devices is empty: use auto, cpu or cuda:N, separated by commas.")
     if text and text.strip() != "auto":
         devices = [item.strip() for item in text.split(",") if item.strip()]
         for device in devices:
@@ -320,8 +330,8 @@ def command_run(args: argparse.Namespace) -> int:
     from budgetsearch._studyfile import load_study_file
 
     study_file = load_study_file(args.study_file)
-    study, settings = open_study(args, study_file)
     devices = _parse_devices(args.devices)
+    study, settings = open_study(args, study_file)
     workers = args.workers or len(devices)
     cpu_sets = _cpu_sets(workers)
     timeout = args.timeout if args.timeout is not None else study_file.defaults.timeout
@@ -472,7 +482,7 @@ def command_worker(args: argparse.Namespace) -> int:
 
     _limit_cpus()
     study_file = load_study_file(args.study_file)
-    study, _settings = open_study(args, study_file)
+    study, _settings = open_study(args, study_file, create=False)
     deadline = args.deadline
     if args.timeout is not None:
         deadline = time.time() + args.timeout
@@ -484,10 +494,20 @@ def command_worker(args: argparse.Namespace) -> int:
         worker_id=args.worker_id or f"{os.uname().nodename}:{os.getpid()}",
         deadline=deadline,
     )
+    if report.stopped_by_error:
+        print(f"budgetsearch: error: {report.stopped_by_error}", file=sys.stderr)
+        return 1
     return 0 if not report.stopped_by_signal else 130
 
 
 # -- compare ------------------------------------------------------------------------
+
+
+def _make_folder(path: str, flag: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{flag} {path!r} cannot be used as a folder: {error.strerror}. Pick a writable folder.") from None
 
 
 def command_compare(args: argparse.Namespace) -> int:
@@ -498,6 +518,8 @@ def command_compare(args: argparse.Namespace) -> int:
         methods = _compare.parse_methods(args.methods)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if args.rank_correlation is not None and args.rank_correlation < 3:
+        raise UsageError(f"--rank-correlation {args.rank_correlation} is too small: a rank correlation needs at least 3 configurations.")
     study_file = load_study_file(args.study_file)
     defaults = study_file.defaults
     total_budget = args.total_budget or (10 * defaults.max_budget)
@@ -517,7 +539,7 @@ def command_compare(args: argparse.Namespace) -> int:
             "incumbents are not retrained, and the test columns stay empty.",
             file=sys.stderr,
         )
-    os.makedirs(os.path.join(args.out, "runs"), exist_ok=True)
+    _make_folder(os.path.join(args.out, "runs"), "--out")
     existing = [name for name in os.listdir(os.path.join(args.out, "runs")) if name.endswith(".db")]
     if existing:
         raise UsageError(f"--out {args.out!r} already holds runs ({existing[0]}, ...): pick an empty folder.")
@@ -584,6 +606,7 @@ def command_report(args: argparse.Namespace) -> int:
         study = optuna.load_study(study_name=args.study_name, storage=storage)
     except KeyError:
         raise UsageError(f"study {args.study_name!r} not found in {mask_url(args.storage)}.") from None
+    _make_folder(args.out, "--out")
     try:
         names = write_report(study, args.out)
     except ValueError as error:

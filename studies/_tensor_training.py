@@ -224,7 +224,11 @@ def best_params(storage: str, study_name: str) -> dict:
 
     from budgetsearch._status import summary
 
-    best = summary(optuna.load_study(study_name=study_name, storage=storage))["best"]
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise SystemExit(f"study {study_name!r} not found in {storage}: check --study-name and --storage.") from None
+    best = summary(study)["best"]
     if best is None:
         raise SystemExit(f"study {study_name!r} in {storage} has no complete result yet.")
     return best["params"]

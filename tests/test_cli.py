@@ -322,3 +322,48 @@ def test_devices_auto_runs_on_cpu_here(sqlite_url, cli_environment):
     )
     assert result.returncode == 0, result.stderr
     assert "on cpu" in result.stdout
+
+
+MISSING_DATA_STUDY = os.path.join(os.path.dirname(SYNTHETIC_STUDY), "missing_data.py")
+
+
+def test_worker_stops_after_repeated_identical_failures(sqlite_url, cli_environment):
+    result = run_cli(cli_environment, "run", MISSING_DATA_STUDY, "--storage", sqlite_url, "--study-name", "m", "--workers", "1")
+    assert result.returncode == 1
+    assert "its last 3 trials failed with the same error: FileNotFoundError: data not found in /nonexistent/data" in result.stderr
+    status = snapshot(sqlite_url, "m")
+    # Three trials of budget 1 failed; the rest of the budget is left for a fixed set-up.
+    assert status["trials"]["fail"] == 3
+    assert status["budget_reserved"] == 3
+
+
+def test_worker_does_not_create_missing_study(sqlite_url, cli_environment):
+    optuna.create_study(study_name="other", storage=sqlite_url)
+    result = run_cli(cli_environment, "worker", SYNTHETIC_STUDY, "--storage", sqlite_url, "--study-name", "typo")
+    assert result.returncode == 2
+    assert "study 'typo' not found" in result.stderr
+    assert "budgetsearch create" in result.stderr
+    assert [s.study_name for s in optuna.get_all_study_summaries(sqlite_url)] == ["other"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--seed", "-1"], "seed=-1 is invalid"),
+        (["--devices", ""], "--devices is empty"),
+    ],
+)
+def test_invalid_flags_create_nothing(args, message, sqlite_url, cli_environment):
+    result = run_cli(cli_environment, "run", SYNTHETIC_STUDY, "--storage", sqlite_url, "--study-name", "x", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not os.path.exists(sqlite_url[len("sqlite:///"):]) or not optuna.get_all_study_summaries(sqlite_url)
+
+
+def test_report_out_must_be_a_folder(sqlite_url, tmp_path, cli_environment):
+    run_cli(cli_environment, "run", SYNTHETIC_STUDY, "--storage", sqlite_url, "--study-name", "r", "--total-budget", "20")
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    result = run_cli(cli_environment, "report", "--storage", sqlite_url, "--study-name", "r", "--out", str(afile))
+    assert result.returncode == 2
+    assert "cannot be used as a folder" in result.stderr

@@ -27,7 +27,7 @@ def synthetic(trial):
     x = trial.suggest_float("x", 0.0, 1.0)
     time.sleep(random.random() * 0.001)
     if x > 0.97:
-        raise RuntimeError("synthetic failure")
+        raise RuntimeError(f"synthetic failure at x={x}")
     if x > 0.94:
         trial.report(math.nan, budget)
         if trial.should_prune():
