@@ -384,10 +384,13 @@ def _write_markdown(out: str, results: Sequence[RunResult], methods: Sequence[Me
     reference = [r.best_value for r in by_method.get("optuna-hyperband", []) if r.best_value is not None]
     target = statistics.mean(reference) if reference else None
     lines = [
-        f"# Comparison at equal compute: {total_budget} units per run",
+        f"# Comparison at equal compute: B = {total_budget} units per run",
         "",
-        f"Mean ± standard error over seeds; best validation {metric} at the maximum budget within the compute, "
-        f"and the median test {metric} of the incumbent retrained on fresh seeds.",
+        f"Mean ± standard error over seeds of the best validation {metric} at the maximum budget among the trials "
+        f"that finished within compute B, and of the median test {metric} of that incumbent retrained on fresh seeds. "
+        "Compute used counts every trial a run trained; no trial starts once B is reached, so trials that were "
+        "running then may take a run past B. The last column is the compute at which a run's best value first "
+        "reached the mean of optuna-hyperband's final values, averaged over the seeds that reached it.",
         "",
         f"| method | seeds | best validation {metric} | incumbent test {metric} | diverged retrains | compute used | compute to reach optuna-hyperband's final value |",
         "|---|---|---|---|---|---|---|",
