@@ -109,6 +109,7 @@ def write_report(study: optuna.Study, out: str) -> List[str]:
     axes.scatter([r["budget"] for r in data["rung_results"]], [r["value"] for r in data["rung_results"]], s=12, color="tab:blue")
     axes.set_xscale("log")
     axes.set_xticks(info["ladder"], [str(budget) for budget in info["ladder"]])
+    axes.minorticks_off()
     axes.set_xlabel(f"rung budget ({unit})")
     axes.set_ylabel(metric)
     axes.set_title("Results per rung; lines join a configuration's promotions")
@@ -117,7 +118,11 @@ def write_report(study: optuna.Study, out: str) -> List[str]:
     figure, axes = plt.subplots(figsize=(7, 4.5))
     colours = {budget: plt.cm.viridis(index / max(1, len(info["ladder"]) - 1)) for index, budget in enumerate(info["ladder"])}
     for curve in data["curves"]:
-        axes.plot(curve["steps"], curve["values"], color=colours.get(curve["budget"], "grey"), alpha=0.5, linewidth=1)
+        # A trial with one report shows as a point.
+        axes.plot(
+            curve["steps"], curve["values"], color=colours.get(curve["budget"], "grey"), alpha=0.5, linewidth=1,
+            marker="." if len(curve["steps"]) == 1 else None,
+        )
     for budget, colour in colours.items():
         axes.plot([], [], color=colour, label=f"budget {budget}")
     axes.set_xlabel(f"step ({unit})")
