@@ -345,7 +345,7 @@ def write_outputs(out: str, results: Sequence[RunResult], methods: Sequence[Meth
     with open(os.path.join(out, "results.csv"), "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(
-            ["method", "seed", f"best_val_{metric}", f"incumbent_median_test_{metric}", "retrains", "diverged_retrains",
+            ["method", "seed", "best_validation_value", "incumbent_median_test_value", "retrains", "diverged_retrains",
              "compute_used", "examples_processed", "wall_seconds", "incumbent_params"]
         )
         for r in results:
@@ -387,12 +387,13 @@ def _write_markdown(out: str, results: Sequence[RunResult], methods: Sequence[Me
         f"# Comparison at equal compute: B = {total_budget} units per run",
         "",
         f"Mean ± standard error over seeds of the best validation {metric} at the maximum budget among the trials "
-        f"that finished within compute B, and of the median test {metric} of that incumbent retrained on fresh seeds. "
+        "that finished within compute B, and of the median test value (the study file's test_value) of that "
+        "incumbent retrained on fresh seeds. "
         "Compute used counts every trial a run trained; no trial starts once B is reached, so trials that were "
         "running then may take a run past B. The last column is the compute at which a run's best value first "
         "reached the mean of optuna-hyperband's final values, averaged over the seeds that reached it.",
         "",
-        f"| method | seeds | best validation {metric} | incumbent test {metric} | diverged retrains | compute used | compute to reach optuna-hyperband's final value |",
+        f"| method | seeds | best validation {metric} | incumbent median test value | diverged retrains | compute used | compute to reach optuna-hyperband's final value |",
         "|---|---|---|---|---|---|---|",
     ]
     for method in methods:

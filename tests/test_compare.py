@@ -38,9 +38,9 @@ def test_compare_writes_results_at_equal_compute(tmp_path, cli_environment):
             assert 270 <= compute <= 270 + 2 * 27
         assert row["retrains"] == "3"
         assert row["diverged_retrains"] == "0"
-        assert float(row["best_val_loss"]) >= 1.0 / 27**0.5
+        assert float(row["best_validation_value"]) >= 1.0 / 27**0.5
         # The retrained incumbent's test value is its loss at 27 plus the seeds' offsets.
-        assert float(row["incumbent_median_test_loss"]) >= float(row["best_val_loss"])
+        assert float(row["incumbent_median_test_value"]) >= float(row["best_validation_value"])
         assert float(row["examples_processed"]) >= 8 * min(compute, 270)
     markdown = (out / "results.md").read_text()
     for method in ("asha", "optuna-hyperband", "random-full"):
