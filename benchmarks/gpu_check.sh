@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the CIFAR-10 study on this machine's GPUs for a few minutes, one worker per GPU, on a
-# synthetic data set in the real on-disk format, then print the images per second of each
-# worker and the GPU memory its trials used.
+# synthetic data set in the real on-disk format. Then print each worker's images per second
+# and the GPU memory its trials used.
 #
 #   bash benchmarks/gpu_check.sh            # 3 minutes
 #   MINUTES=5 bash benchmarks/gpu_check.sh

@@ -6,9 +6,9 @@ new trial once the compute its trials used reaches the total budget B. Compute i
 study's budget unit: a complete trial counts its budget, a stopped one the units it
 trained (its last reported step), and in resume mode only the units after the step it
 resumed from. A method's incumbent is its best result at the maximum budget among the
-trials that finished within compute B; it is trained again at the maximum budget with
-the method's own schedule on fresh seeds and evaluated with the study file's
-``test_value``.
+trials that finished within compute B. It is trained again at the maximum budget with
+the method's own schedule on fresh seeds, and the study file's ``test_value`` evaluates
+it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from budgetsearch import _attrs
+from budgetsearch._sampler import _add_user_attrs
 from budgetsearch._settings import StudySettings
 from budgetsearch._tables import claims_table, database_for
 
@@ -101,10 +102,9 @@ class FixedBudgetSampler(BaseSampler):
             _attrs.BRACKET: self._rung,
             _attrs.CONFIG: trial.number,
             _attrs.ATTEMPT: 0,
-            _attrs.SCHEDULE: schedule_spec(settings),
+            _attrs.SCHEDULE: settings.schedule_spec(),
         }
-        for key, value in attrs.items():
-            study._storage.set_trial_user_attr(trial._trial_id, key, value)
+        _add_user_attrs(study._storage, trial._trial_id, attrs)
         trial.user_attrs.update(attrs)
         self._base.before_trial(study, trial)
 
@@ -119,15 +119,6 @@ class FixedBudgetSampler(BaseSampler):
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
         self._base.after_trial(study, trial, state, values)
-
-
-def schedule_spec(settings: StudySettings) -> Dict[str, Any]:
-    return {
-        "name": settings.schedule,
-        "options": settings.schedule_options,
-        "warmup": settings.warmup,
-        "unit": settings.budget_unit,
-    }
 
 
 def method_settings(defaults: Any, method: Method, total_budget: int, seed: int, schedule: Optional[str], artifact_dir: str) -> StudySettings:
@@ -248,7 +239,7 @@ def run_method(
             for index in range(workers)
         ]
         _check_calls(commands, environment, name, out)
-    result = RunResult(method.name, seed, storage, time.monotonic() - started, schedule=schedule_spec(settings))
+    result = RunResult(method.name, seed, storage, time.monotonic() - started, schedule=settings.schedule_spec())
     analyze(result, method, settings)
     return result
 

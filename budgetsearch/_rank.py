@@ -1,7 +1,7 @@
 """How well cheap measurements rank configurations, for ``budgetsearch compare --rank-correlation K``.
 
 K configurations are drawn at random from the study file's search space, and each is
-trained twice. The first run has the maximum budget and its schedule; its reported
+trained twice. The first run has the maximum budget and its schedule. Its reported
 value at the first rung's budget is the truncated measurement that Optuna's pruners
 see. The second run has the first rung's budget and a schedule fitted to it, which is
 what budgetsearch measures. The Spearman correlation of each cheap measurement with the

@@ -529,6 +529,7 @@ class BudgetSampler(BaseSampler):
             if cache.dirty:
                 cache.reset()  # An earlier transaction wrote into the cache and did not commit.
             cache.dirty = True
+
             sequence = binding.database.next_sequence(connection, study_id) if lock else 0
             running = cache.read(connection, study_id)
             if lock:
@@ -537,6 +538,8 @@ class BudgetSampler(BaseSampler):
                 )
             elif any(_is_stale(row, settings) for row in running):
                 return None
+
+            # The running claims join the index for this decision only.
             index = cache.index
             added = [_claim_from(row) for row in running]
             for item in added:
@@ -553,6 +556,7 @@ class BudgetSampler(BaseSampler):
             finally:
                 for item in added:
                     index.remove(item)
+
             sample = index.some_complete()
             if job is not None and claim is not None:
                 job = claim(connection, job, sequence)
@@ -616,12 +620,7 @@ class BudgetSampler(BaseSampler):
             _attrs.BRACKET: job.bracket,
             _attrs.CONFIG: job.config,
             _attrs.ATTEMPT: job.attempt,
-            _attrs.SCHEDULE: {
-                "name": settings.schedule,
-                "options": settings.schedule_options,
-                "warmup": settings.warmup,
-                "unit": settings.budget_unit,
-            },
+            _attrs.SCHEDULE: settings.schedule_spec(),
         }
         if job.parent is not None:
             attrs[_attrs.PARENT] = job.parent

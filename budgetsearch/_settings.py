@@ -163,6 +163,15 @@ class StudySettings:
 
         return trunk_step(budget, self.decay_fraction)
 
+    def schedule_spec(self) -> Dict[str, Any]:
+        """Return the schedule description a trial records in ``budgetsearch:schedule``."""
+        return {
+            "name": self.schedule,
+            "options": self.schedule_options,
+            "warmup": self.warmup,
+            "unit": self.budget_unit,
+        }
+
     @property
     def ladder(self) -> Ladder:
         return Ladder(self.min_budget, self.max_budget, self.reduction_factor)

@@ -542,7 +542,7 @@ def command_compare(args: argparse.Namespace) -> int:
     _make_folder(os.path.join(args.out, "runs"), "--out")
     existing = [name for name in os.listdir(os.path.join(args.out, "runs")) if name.endswith(".db")]
     if existing:
-        raise UsageError(f"--out {args.out!r} already holds runs ({existing[0]}, ...): pick an empty folder.")
+        raise UsageError(f"--out {args.out!r} already contains runs ({existing[0]}, ...): pick an empty folder.")
     environment = dict(os.environ)
     environment.pop(STORAGE_ENVIRONMENT_VARIABLE, None)
 

@@ -299,8 +299,8 @@ def test_seconds_budgets_end_when_schedule_is_done(sqlite_url, cli_environment):
     assert {t.user_attrs["budgetsearch:budget"] for t in complete} == {1, 3}
     for trial in complete:
         budget = trial.user_attrs["budgetsearch:budget"]
-        # The loop stopped when the scheduler said the time budget was spent, with the
-        # learning rate decayed to about 0 over that time.
+        # The loop stopped when the scheduler reported the time budget spent, and the
+        # learning rate had decayed to about 0 by then.
         assert budget <= trial.user_attrs["seconds_trained"] < budget + 1.0
         assert trial.user_attrs["last_lr_fraction"] < 0.1
         assert trial.user_attrs["steps"] > 10
