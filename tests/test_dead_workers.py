@@ -40,7 +40,9 @@ def start_worker(environment, url, study_name):
 
 
 def test_killed_worker_job_runs_again(kill_storage_url, study_name, cli_environment):
-    cli_environment["SYNTHETIC_SECONDS_PER_UNIT"] = "0.3"
+    # A trial of the smallest budget lasts 0.8 s, so it is still running when the test
+    # kills its worker, even on a loaded machine.
+    cli_environment["SYNTHETIC_SECONDS_PER_UNIT"] = "0.8"
     create = subprocess.run(
         budgetsearch_command(
             "run", SYNTHETIC_STUDY, "--storage", kill_storage_url, "--study-name", study_name,
