@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage
 
-from budgetsearch._tables import DEFAULT_DB_WAIT, Outage, is_disconnect, network_connect_args
+from budgetsearch._tables import DEFAULT_DB_WAIT, Outage, is_disconnect, network_connect_args, retry_table_creation
 
 # The storage calls that reach the database, including the one Optuna's cache uses.
 _RETRIED = (
@@ -84,7 +84,9 @@ class ReconnectingStorage(RDBStorage):
         if not url.startswith("sqlite"):
             engine_kwargs.setdefault("pool_pre_ping", True)
             engine_kwargs["connect_args"] = {**network_connect_args(url), **engine_kwargs.get("connect_args", {})}
-        _with_retries(lambda: RDBStorage.__init__(self, url, engine_kwargs=engine_kwargs, **kwargs), url, db_wait)
+        retry_table_creation(
+            lambda: _with_retries(lambda: RDBStorage.__init__(self, url, engine_kwargs=engine_kwargs, **kwargs), url, db_wait)
+        )
 
 
 def _with_retries(call: Callable[[], Any], url: Any, seconds: float) -> Any:

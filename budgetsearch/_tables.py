@@ -100,6 +100,24 @@ _VERSION_3_INDEXES = ("ix_budgetsearch_claims_state", "ix_budgetsearch_claims_fi
 T = TypeVar("T")
 
 
+def retry_table_creation(create: Callable[[], T], tries: int = 5) -> T:
+    """Call ``create`` and retry it when it fails with a database error.
+
+    Processes started together on an empty database race to create the same tables.
+    The loser's statement fails (a duplicate type on PostgreSQL, "table already exists"
+    on MySQL), and its next try finds the tables in place.
+    """
+    for attempt in range(1, tries + 1):
+        try:
+            return create()
+        except DBAPIError:
+            if attempt == tries:
+                raise
+            logger.info("Creating tables failed; another process may be creating them, so retrying.")
+            time.sleep(0.05 * attempt * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
 class SchemaVersionError(RuntimeError):
     """The budgetsearch tables in the database have another schema version."""
 
@@ -160,7 +178,7 @@ class StudyDatabase:
                     raise SchemaVersionError(message) from error
                 raise SchemaVersionError(message)
 
-        self.run(create)
+        retry_table_creation(lambda: self.run(create))
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:

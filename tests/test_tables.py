@@ -1,9 +1,11 @@
 """budgetsearch's own tables: creation on an empty database and schema versions."""
 
+import threading
+
 import pytest
 import sqlalchemy as sa
 
-from budgetsearch import SchemaVersionError
+from budgetsearch import ReconnectingStorage, SchemaVersionError
 from budgetsearch._tables import SCHEMA_VERSION, StudyDatabase, claims_table, create_engine_for, schema_table
 from budgetsearch.testing import scratch_database
 
@@ -104,3 +106,39 @@ def test_upgrade_from_version_1(scratch_database_url):
     # Data survives, and the lost claim now carries a sequence number like every finished claim.
     assert [tuple(row) for row in rows] == [("complete", 0.5, None), ("lost", None, 2)]
     engine.dispose()
+
+
+def create_budgetsearch_tables(url):
+    engine = create_engine_for(url)
+    try:
+        StudyDatabase(engine)
+    finally:
+        engine.dispose()
+
+
+def create_optuna_tables(url):
+    ReconnectingStorage(url).engine.dispose()
+
+
+@pytest.mark.parametrize("create", [create_budgetsearch_tables, create_optuna_tables])
+@pytest.mark.parametrize("scratch_database_url", ["sqlite", "postgresql", "mysql"], indirect=True)
+def test_concurrent_table_creation_succeeds(scratch_database_url, create):
+    # Workers started together on an empty database all create the tables at once.
+    count = 8
+    barrier = threading.Barrier(count)
+    errors = []
+
+    def create_after_barrier():
+        barrier.wait()
+        try:
+            create(scratch_database_url)
+        except Exception as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=create_after_barrier) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    create(scratch_database_url)
