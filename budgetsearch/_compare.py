@@ -79,6 +79,39 @@ def parse_methods(text: str) -> List[Method]:
     return [METHODS[name] for name in dict.fromkeys(names)]
 
 
+def parse_seeds(text: str, methods: Sequence[Method]) -> Dict[str, int]:
+    """Return the number of seeds of each method from ``--seeds``, or raise ValueError naming the bad part.
+
+    ``text`` is a number for every method, optionally followed by ``METHOD=N`` entries
+    that override it, for example ``3,asha=5,optuna-hyperband=5``. A list of only
+    overrides gives the other methods one seed.
+    """
+    default = 1
+    counts: Dict[str, int] = {}
+    named = {method.name for method in methods}
+    for part in (part.strip() for part in text.split(",")):
+        name, equals, number = part.rpartition("=")
+        if equals and name.strip() not in named:
+            raise ValueError(
+                f"--seeds {text!r} is invalid: {name.strip()!r} is not one of the compared methods "
+                f"({', '.join(method.name for method in methods)}); add it to --methods or remove it from --seeds."
+            )
+        try:
+            count = int(number)
+        except ValueError:
+            count = 0
+        if count <= 0:
+            raise ValueError(
+                f"--seeds {text!r} is invalid: {part!r} is not a positive number of seeds; "
+                "give N or METHOD=N entries, for example 3,asha=5."
+            )
+        if equals:
+            counts[name.strip()] = count
+        else:
+            default = count
+    return {method.name: counts.get(method.name, default) for method in methods}
+
+
 class FixedBudgetSampler(BaseSampler):
     """A base sampler whose trials all get one budget of the ladder and the schedule fitted to it.
 

@@ -516,6 +516,7 @@ def command_compare(args: argparse.Namespace) -> int:
 
     try:
         methods = _compare.parse_methods(args.methods)
+        seeds = _compare.parse_seeds(args.seeds, methods)
     except ValueError as error:
         raise UsageError(str(error)) from None
     if args.rank_correlation is not None and args.rank_correlation < 3:
@@ -548,7 +549,7 @@ def command_compare(args: argparse.Namespace) -> int:
 
     results = []
     for method in methods:
-        for seed in range(args.seeds):
+        for seed in range(seeds[method.name]):
             print(f"compare: {method.name}, seed {seed} ...", flush=True)
             result = _compare.run_method(
                 args.study_file, study_file, method, seed, total_budget, args.workers, args.out, args.schedule, environment
@@ -775,7 +776,12 @@ def build_parser() -> argparse.ArgumentParser:
         "optuna-median, tpe-full, random-full (default asha,optuna-hyperband).",
     )
     compare.add_argument("--total-budget", type=_positive_int, help="compute per run in the study's unit (default 10 x the maximum budget).")
-    compare.add_argument("--seeds", type=_positive_int, default=1, help="seeds per method, from 0 (default 1).")
+    compare.add_argument(
+        "--seeds",
+        default="1",
+        help="seeds per method, numbered from 0: N for every method, then METHOD=N entries for exceptions, "
+        "for example 3,asha=5 (default 1).",
+    )
     compare.add_argument("--workers", type=_positive_int, default=2, help="worker processes per run (default 2).")
     compare.add_argument("--retrain-seeds", type=_positive_int, default=3, help="fresh seeds to retrain each incumbent on (default 3).")
     compare.add_argument("--schedule", help="schedule of the Optuna-pruner and full-budget methods (default: the study's own).")

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from budgetsearch._compare import RunResult, anytime_grid, first_reach, parse_methods
+from budgetsearch._compare import METHODS, RunResult, anytime_grid, first_reach, parse_methods, parse_seeds
 from conftest import HERE, budgetsearch_command
 
 STUDY = os.path.join(HERE, "studies", "compare_synthetic.py")
@@ -16,7 +16,7 @@ def test_compare_writes_results_at_equal_compute(tmp_path, cli_environment):
     out = tmp_path / "cmp"
     result = subprocess.run(
         budgetsearch_command(
-            "compare", STUDY, "--methods", "asha,optuna-hyperband,random-full", "--seeds", "2",
+            "compare", STUDY, "--methods", "asha,optuna-hyperband,random-full", "--seeds", "1,asha=2,optuna-hyperband=2",
             "--total-budget", "270", "--workers", "2", "--rank-correlation", "8", "--out", str(out),
         ),
         env=cli_environment, capture_output=True, text=True, timeout=600,
@@ -26,7 +26,7 @@ def test_compare_writes_results_at_equal_compute(tmp_path, cli_environment):
         rows = list(csv.DictReader(file))
     assert [(row["method"], row["seed"]) for row in rows] == [
         ("asha", "0"), ("asha", "1"), ("optuna-hyperband", "0"), ("optuna-hyperband", "1"),
-        ("random-full", "0"), ("random-full", "1"),
+        ("random-full", "0"),
     ]
     for row in rows:
         compute = float(row["compute_used"])
@@ -43,8 +43,9 @@ def test_compare_writes_results_at_equal_compute(tmp_path, cli_environment):
         assert float(row["incumbent_median_test_value"]) >= float(row["best_validation_value"])
         assert float(row["examples_processed"]) >= 8 * min(compute, 270)
     markdown = (out / "results.md").read_text()
-    for method in ("asha", "optuna-hyperband", "random-full"):
-        assert f"| {method} | 2 |" in markdown
+    assert "| asha | 2 |" in markdown
+    assert "| optuna-hyperband | 2 |" in markdown
+    assert "| random-full | 1 |" in markdown
     assert (out / "anytime.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # In this study a configuration's value at any step ranks it as at the end, so both
@@ -73,12 +74,25 @@ def test_compare_rejects_bad_input(tmp_path, cli_environment):
     small = run("--total-budget", "10")
     assert small.returncode == 2
     assert "below the study's maximum budget 27" in small.stderr
+    seeds = run("--seeds", "2,optuna-sha=3")
+    assert seeds.returncode == 2
+    assert "'optuna-sha' is not one of the compared methods" in seeds.stderr
 
 
 def test_parse_methods_keeps_order_and_drops_repeats():
     assert [m.name for m in parse_methods("optuna-sha, asha,optuna-sha")] == ["optuna-sha", "asha"]
     with pytest.raises(ValueError, match="choose from"):
         parse_methods(" , ")
+
+
+def test_parse_seeds_default_and_overrides():
+    methods = [METHODS["asha"], METHODS["optuna-sha"], METHODS["tpe-full"]]
+    assert parse_seeds("3", methods) == {"asha": 3, "optuna-sha": 3, "tpe-full": 3}
+    assert parse_seeds("3, asha=5,optuna-sha=5", methods) == {"asha": 5, "optuna-sha": 5, "tpe-full": 3}
+    assert parse_seeds("asha=2", methods) == {"asha": 2, "optuna-sha": 1, "tpe-full": 1}
+    for text in ("0", "asha=0", "asha=two", "", "3,random-full=2"):
+        with pytest.raises(ValueError, match="--seeds"):
+            parse_seeds(text, methods)
 
 
 def test_anytime_curve_on_grid_and_first_reach():

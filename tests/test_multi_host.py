@@ -140,7 +140,7 @@ def test_cut_host_job_runs_again_on_other_host(hosts, study_name, cli_environmen
     lost = [row for row in by_job[(cut_claim.config, cut_claim.rung)] if row.attempt == cut_claim.attempt]
     assert [row.state for row in lost] == ["lost"]
     retried = [row for row in by_job[(cut_claim.config, cut_claim.rung)] if row.attempt == cut_claim.attempt + 1]
-    assert [row.state for row in retried] == ["complete"]
+    assert [row.state for row in retried] == ["complete"], stderr_b
     assert retried[0].worker.endswith(f":{workers['b'].pid}")
     # No job is lost or completed twice, and nothing is left running.
     assert "running" not in {row.state for row in rows}
