@@ -106,17 +106,21 @@ def test_cut_host_job_runs_again_on_other_host(hosts, study_name, cli_environmen
                        SYNTHETIC_STUDY, "--storage", url, "--study-name", study_name, "--db-wait", "10"]
             workers[name] = subprocess.Popen(command, env=cli_environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-        # Cut host a while one of its trials runs, after it has sent a heartbeat.
+        # Cut host a while one of its trials runs, after it has sent a heartbeat and at
+        # least a second before the trial's sleep ends.
         def a_running():
             return [
                 row for row in claim_rows(server.url, study_name)
-                if row.state == "running" and row.worker.endswith(f":{workers['a'].pid}") and row.heartbeat_at > row.claimed_at
+                if row.state == "running" and row.worker.endswith(f":{workers['a'].pid}")
+                and row.heartbeat_at > row.claimed_at and row.claimed_at + 0.15 * row.budget > time.time() + 1.0
             ]
 
         deadline = time.time() + 120
-        while time.time() < deadline and not a_running():
+        running = []
+        while time.time() < deadline and not running:
             time.sleep(0.2)
-        (cut_claim,) = a_running()
+            running = a_running()
+        (cut_claim,) = running
         hosts.cut("a")
 
         _, stderr_b = workers["b"].communicate(timeout=300)
@@ -138,7 +142,7 @@ def test_cut_host_job_runs_again_on_other_host(hosts, study_name, cli_environmen
         by_job.setdefault((row.config, row.rung), []).append(row)
     # The cut trial was declared lost, and host b ran its job's next attempt to the end.
     lost = [row for row in by_job[(cut_claim.config, cut_claim.rung)] if row.attempt == cut_claim.attempt]
-    assert [row.state for row in lost] == ["lost"]
+    assert [row.state for row in lost] == ["lost"], stderr_b
     retried = [row for row in by_job[(cut_claim.config, cut_claim.rung)] if row.attempt == cut_claim.attempt + 1]
     assert [row.state for row in retried] == ["complete"], stderr_b
     assert retried[0].worker.endswith(f":{workers['b'].pid}")
