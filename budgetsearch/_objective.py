@@ -59,21 +59,12 @@ def schedule_for(
     ``optimizer.step()``. With the ``epochs`` unit, pass ``steps_per_epoch`` (optimizer
     steps per epoch, see :func:`budgetsearch.schedules.optimizer_steps_per_epoch`).
     """
-    from budgetsearch.schedules import make_schedule
+    from budgetsearch.schedules import schedule_from_description
 
     budget = trial_budget(trial)
     attrs = _user_attrs(trial)
-    spec = attrs.get(_attrs.SCHEDULE, {})
-    schedule_options = dict(spec.get("options", {}))
-    schedule_options.update(options)
-    scheduler = make_schedule(
-        optimizer,
-        budget,
-        spec.get("name", "linear"),
-        warmup=spec.get("warmup", 0),
-        unit=spec.get("unit", "steps"),
-        steps_per_epoch=steps_per_epoch,
-        **schedule_options,
+    scheduler = schedule_from_description(
+        optimizer, budget, attrs.get(_attrs.SCHEDULE), steps_per_epoch=steps_per_epoch, **options
     )
 
     start_step = attrs.get(_attrs.RESUMED_FROM_STEP, 0)

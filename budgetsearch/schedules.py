@@ -42,6 +42,7 @@ __all__ = [
     "WSDSchedule",
     "lr_multiplier",
     "make_schedule",
+    "schedule_from_description",
     "optimizer_steps_per_epoch",
     "trunk_step",
 ]
@@ -919,5 +920,39 @@ def make_schedule(
         unit=unit,
         steps_per_epoch=steps_per_epoch,
         clock=clock,
+        **options,
+    )
+
+
+def schedule_from_description(
+    optimizer: Optimizer,
+    budget: int | float,
+    description: Mapping[str, Any] | None,
+    *,
+    steps_per_epoch: int | None = None,
+    **overrides: Any,
+) -> BudgetSchedule:
+    """Create the scheduler for a stored schedule description, fitted to ``budget``.
+
+    ``description`` has the keys of the ``budgetsearch:schedule`` trial attribute and
+    of ``budgetsearch compare``'s retrain calls: ``name``, ``options``, ``warmup`` and
+    ``unit``. Missing keys mean linear decay to zero, no warm-up, in steps. Keyword
+    ``overrides`` replace entries of ``options``.
+
+    >>> import torch
+    >>> optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    >>> scheduler = schedule_from_description(optimizer, 10, {"name": "step", "options": {"gamma": 0.5}})
+    >>> type(scheduler).__name__
+    'StepSchedule'
+    """
+    description = description or {}
+    options = {**description.get("options", {}), **overrides}
+    return make_schedule(
+        optimizer,
+        budget,
+        description.get("name", "linear"),
+        warmup=description.get("warmup", 0),
+        unit=description.get("unit", "steps"),
+        steps_per_epoch=steps_per_epoch,
         **options,
     )

@@ -186,12 +186,9 @@ def schedule_factory(budget: int, schedule: Optional[dict] = None) -> SchedulerF
     """
     if schedule is None:
         return linear_decay(budget)
-    from budgetsearch.schedules import make_schedule
+    from budgetsearch.schedules import schedule_from_description
 
-    return lambda optimizer: make_schedule(
-        optimizer, budget, schedule["name"], warmup=schedule.get("warmup", 0), unit=schedule.get("unit", "steps"),
-        **schedule.get("options", {}),
-    )
+    return lambda optimizer: schedule_from_description(optimizer, budget, schedule)
 
 
 def retrain(

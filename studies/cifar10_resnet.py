@@ -329,14 +329,13 @@ def test_value(params: dict, budget: int, *, schedule: dict, seed: int, device: 
 
     ``budgetsearch compare`` calls this to retrain each method's incumbent.
     """
-    from budgetsearch.schedules import make_schedule
+    from budgetsearch.schedules import schedule_from_description
 
     data = load_data()
     model, val_accuracy, _ = fit(
         params, budget, device=device, seed=seed, data=data,
-        scheduler_factory=lambda optimizer, per_epoch: make_schedule(
-            optimizer, budget, schedule["name"], warmup=schedule.get("warmup", 0), unit="epochs",
-            steps_per_epoch=per_epoch, **schedule.get("options", {}),
+        scheduler_factory=lambda optimizer, per_epoch: schedule_from_description(
+            optimizer, budget, {**schedule, "unit": "epochs"}, steps_per_epoch=per_epoch
         ),
     )
     if math.isnan(val_accuracy):

@@ -23,6 +23,7 @@ from budgetsearch.schedules import (
     lr_multiplier,
     make_schedule,
     optimizer_steps_per_epoch,
+    schedule_from_description,
     trunk_step,
 )
 
@@ -663,3 +664,23 @@ def test_state_dict_excludes_optimizer():
 
     assert "optimizer" not in state
     assert copy.deepcopy(state) == state
+
+
+def test_schedule_from_description_matches_make_schedule():
+    description = {"name": "step", "options": {"gamma": 0.5, "milestones": [0.5]}, "warmup": 2, "unit": "steps"}
+    from_description = schedule_from_description(new_optimizer(), 10, description)
+    direct = make_schedule(new_optimizer(), 10, "step", warmup=2, gamma=0.5, milestones=[0.5])
+    assert type(from_description) is StepSchedule
+    assert [train_step(from_description.optimizer, from_description) for _ in range(10)] == [
+        train_step(direct.optimizer, direct) for _ in range(10)
+    ]
+
+
+def test_schedule_from_description_defaults_and_overrides():
+    assert type(schedule_from_description(new_optimizer(), 10, None)) is LinearSchedule
+    assert type(schedule_from_description(new_optimizer(), 10, {})) is LinearSchedule
+    overridden = schedule_from_description(new_optimizer(), 10, {"name": "step", "options": {"gamma": 0.5}}, gamma=0.25)
+    reference = make_schedule(new_optimizer(), 10, "step", gamma=0.25)
+    assert [train_step(overridden.optimizer, overridden) for _ in range(10)] == [
+        train_step(reference.optimizer, reference) for _ in range(10)
+    ]
