@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -246,7 +247,7 @@ def run_method(
     """Run one method on one seed with ``workers`` processes; return its result without retraining."""
     from budgetsearch._sampler import BudgetSampler
 
-    name = f"{method.name}-seed{seed}"
+    name = run_name(method, seed)
     storage = f"sqlite:///{os.path.join(out, 'runs', name + '.db')}"
     settings = method_settings(
         study_file.defaults, method, total_budget, seed, schedule, os.path.join(out, "runs", name + "-artifacts")
@@ -277,6 +278,53 @@ def run_method(
     return result
 
 
+def run_name(method: Method, seed: int) -> str:
+    return f"{method.name}-seed{seed}"
+
+
+def save_run(out: str, result: RunResult, conditions: Dict[str, Any]) -> None:
+    """Write a finished run's result and the conditions it ran under to ``runs/NAME.json``."""
+    path = os.path.join(out, "runs", f"{result.method}-seed{result.seed}.json")
+    with open(path + ".tmp", "w") as file:
+        json.dump({"conditions": conditions, "result": dataclasses.asdict(result)}, file, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def load_run(out: str, method: Method, seed: int, conditions: Dict[str, Any]) -> Optional[RunResult]:
+    """Return the saved result of a finished run, or None if the run did not finish.
+
+    Raises ValueError if the run finished under other conditions, such as another total budget.
+    """
+    path = os.path.join(out, "runs", f"{run_name(method, seed)}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as file:
+        saved = json.load(file)
+    differences = [
+        f"{key} {saved['conditions'].get(key)!r} (now {value!r})"
+        for key, value in conditions.items()
+        if saved["conditions"].get(key) != value
+    ]
+    if differences:
+        raise ValueError(
+            f"--resume: run {run_name(method, seed)} in {out!r} was made with {', '.join(differences)}: "
+            "resume with the same settings, or pick an empty --out folder."
+        )
+    fields = dict(saved["result"])
+    fields["anytime"] = [tuple(point) for point in fields["anytime"]]
+    return RunResult(**fields)
+
+
+def discard_partial_run(out: str, name: str) -> None:
+    """Remove the storage, log and checkpoints of a run that was interrupted before it finished."""
+    runs = os.path.join(out, "runs")
+    for suffix in (".db", ".db-shm", ".db-wal", ".db-journal", ".log"):
+        path = os.path.join(runs, name + suffix)
+        if os.path.exists(path):
+            os.remove(path)
+    shutil.rmtree(os.path.join(runs, name + "-artifacts"), ignore_errors=True)
+
+
 def _log_path(out: str, name: str) -> str:
     return os.path.join(out, "runs", name + ".log")
 
@@ -304,7 +352,7 @@ def _check_calls(commands: List[List[str]], environment: Dict[str, str], name: s
 
 def analyze(result: RunResult, method: Method, settings: StudySettings) -> None:
     """Fill in a run's compute, anytime curve and incumbent from its storage."""
-    study = optuna.load_study(study_name=f"{method.name}-seed{result.seed}", storage=result.storage)
+    study = optuna.load_study(study_name=run_name(method, result.seed), storage=result.storage)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     finished = []  # (finish time, compute, trial)
     if method.kind == "ours":

@@ -12,6 +12,7 @@ by maximum-budget value, where tuning decides, each with a bootstrap interval.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import warnings
@@ -90,6 +91,30 @@ def measure(study_file: Any, count: int, out: str, seed: int = 0) -> List[Dict[s
                 "first_rung_fitted": _value(cheap),
             }
         )
+    return records
+
+
+def measure_or_load(study_file: Any, count: int, out: str, *, resume: bool) -> List[Dict[str, Any]]:
+    """Return the records of ``count`` configurations, measured now or, with ``resume``, saved by an earlier run.
+
+    Finished measurements are saved to ``runs/rank-correlation.json``. A saved set of
+    another size, or an interrupted measurement, is measured again from the start.
+    """
+    runs = os.path.join(out, "runs")
+    saved_path = os.path.join(runs, "rank-correlation.json")
+    if resume and os.path.exists(saved_path):
+        with open(saved_path) as file:
+            saved = json.load(file)
+        if saved["count"] == count:
+            return saved["records"]
+    for suffix in (".db", ".db-shm", ".db-wal", ".db-journal"):
+        path = os.path.join(runs, "rank-correlation" + suffix)
+        if os.path.exists(path):
+            os.remove(path)
+    records = measure(study_file, count, out)
+    with open(saved_path + ".tmp", "w") as file:
+        json.dump({"count": count, "records": records}, file, indent=1)
+    os.replace(saved_path + ".tmp", saved_path)
     return records
 
 

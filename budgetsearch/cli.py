@@ -541,25 +541,46 @@ def command_compare(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     _make_folder(os.path.join(args.out, "runs"), "--out")
-    existing = [name for name in os.listdir(os.path.join(args.out, "runs")) if name.endswith(".db")]
-    if existing:
-        raise UsageError(f"--out {args.out!r} already contains runs ({existing[0]}, ...): pick an empty folder.")
+    existing = sorted(name for name in os.listdir(os.path.join(args.out, "runs")) if name.endswith((".db", ".json")))
+    if existing and not args.resume:
+        raise UsageError(
+            f"--out {args.out!r} already contains runs ({existing[0]}, ...): pick an empty folder, "
+            "or pass --resume to keep its finished runs and run the rest."
+        )
     environment = dict(os.environ)
     environment.pop(STORAGE_ENVIRONMENT_VARIABLE, None)
+    # A finished run is kept by --resume only if it ran under these conditions.
+    conditions = {
+        "study_file": os.path.basename(args.study_file),
+        "total_budget": total_budget,
+        "workers": args.workers,
+        "retrain_seeds": args.retrain_seeds,
+        "schedule": args.schedule,
+    }
 
     results = []
     for method in methods:
         for seed in range(seeds[method.name]):
-            print(f"compare: {method.name}, seed {seed} ...", flush=True)
-            result = _compare.run_method(
-                args.study_file, study_file, method, seed, total_budget, args.workers, args.out, args.schedule, environment
-            )
-            _compare.retrain(study_file, result, args.retrain_seeds, defaults.max_budget)
-            print(
-                f"compare: {method.name}, seed {seed}: best {result.best_value}, compute {result.compute:.0f}, "
-                f"test {result.test_values}, {result.wall_seconds:.0f} s",
-                flush=True,
-            )
+            name = _compare.run_name(method, seed)
+            try:
+                result = _compare.load_run(args.out, method, seed, conditions) if args.resume else None
+            except ValueError as error:
+                raise UsageError(str(error)) from None
+            if result is not None:
+                print(f"compare: {name}: kept the finished run from {args.out}", flush=True)
+            else:
+                _compare.discard_partial_run(args.out, name)
+                print(f"compare: {method.name}, seed {seed} ...", flush=True)
+                result = _compare.run_method(
+                    args.study_file, study_file, method, seed, total_budget, args.workers, args.out, args.schedule, environment
+                )
+                _compare.retrain(study_file, result, args.retrain_seeds, defaults.max_budget)
+                _compare.save_run(args.out, result, conditions)
+                print(
+                    f"compare: {method.name}, seed {seed}: best {result.best_value}, compute {result.compute:.0f}, "
+                    f"test {result.test_values}, {result.wall_seconds:.0f} s",
+                    flush=True,
+                )
             results.append(result)
             _compare.write_outputs(args.out, results, methods, total_budget, defaults.direction, defaults.metric)
     written = "results.csv, results.md and anytime.png"
@@ -567,7 +588,7 @@ def command_compare(args: argparse.Namespace) -> int:
         from budgetsearch import _rank
 
         print(f"compare: rank correlation on {args.rank_correlation} configurations ...", flush=True)
-        records = _rank.measure(study_file, args.rank_correlation, args.out)
+        records = _rank.measure_or_load(study_file, args.rank_correlation, args.out, resume=args.resume)
         ladder = defaults.resolve().ladder.budgets
         _rank.write(
             args.out, records, defaults.direction, defaults.metric,
@@ -791,7 +812,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="also train K random configurations at the maximum and at the first rung's budget, and report how well each cheap measurement ranks them.",
     )
-    compare.add_argument("--out", required=True, help="folder for the runs and the results; must not hold runs yet.")
+    compare.add_argument(
+        "--out", required=True, help="folder for the runs and the results; must not hold runs yet, unless --resume is given."
+    )
+    compare.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs that finished in --out under the same settings, and run the rest again from their start.",
+    )
     compare.set_defaults(handler=command_compare)
 
     compare_worker = subparsers.add_parser("compare-worker", help="run one worker of a compare baseline (started by compare).")

@@ -79,6 +79,58 @@ def test_compare_rejects_bad_input(tmp_path, cli_environment):
     assert "'optuna-sha' is not one of the compared methods" in seeds.stderr
 
 
+def test_compare_resume_keeps_finished_runs(tmp_path, cli_environment):
+    out = tmp_path / "cmp"
+
+    def run(*args):
+        return subprocess.run(
+            budgetsearch_command(
+                "compare", STUDY, "--methods", "asha,random-full", "--total-budget", "54", "--workers", "1",
+                "--retrain-seeds", "1", "--rank-correlation", "3", "--out", str(out), *args,
+            ),
+            env=cli_environment, capture_output=True, text=True, timeout=600,
+        )
+
+    first = run()
+    assert first.returncode == 0, first.stderr + first.stdout
+    with open(out / "results.csv") as file:
+        first_rows = list(csv.DictReader(file))
+    first_ranks = (out / "rank_correlation.csv").read_text()
+    saved_ranks = out / "runs" / "rank-correlation.json"
+    saved_ranks_time = saved_ranks.stat().st_mtime_ns
+
+    # Without --resume, a folder with runs is rejected.
+    again = run()
+    assert again.returncode == 2
+    assert "pass --resume" in again.stderr
+
+    # An interrupted run leaves its storage but no saved result, and --resume runs it again.
+    (out / "runs" / "random-full-seed0.json").unlink()
+    resumed = run("--resume")
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    assert "asha-seed0: kept the finished run" in resumed.stdout
+    assert "random-full, seed 0 ..." in resumed.stdout
+    with open(out / "results.csv") as file:
+        resumed_rows = list(csv.DictReader(file))
+    assert [row["method"] for row in resumed_rows] == ["asha", "random-full"]
+    assert resumed_rows[0] == first_rows[0]
+    assert resumed_rows[1]["wall_seconds"] != ""
+    assert (out / "rank_correlation.csv").read_text() == first_ranks
+    # The rank correlation's configurations were not trained again.
+    assert saved_ranks.stat().st_mtime_ns == saved_ranks_time
+
+    # Runs made under another total budget are not mixed with new ones.
+    other = subprocess.run(
+        budgetsearch_command(
+            "compare", STUDY, "--methods", "asha", "--total-budget", "81", "--workers", "1", "--retrain-seeds", "1",
+            "--out", str(out), "--resume",
+        ),
+        env=cli_environment, capture_output=True, text=True, timeout=600,
+    )
+    assert other.returncode == 2
+    assert "total_budget 54 (now 81)" in other.stderr
+
+
 def test_parse_methods_keeps_order_and_drops_repeats():
     assert [m.name for m in parse_methods("optuna-sha, asha,optuna-sha")] == ["optuna-sha", "asha"]
     with pytest.raises(ValueError, match="choose from"):

@@ -126,17 +126,17 @@ def test_cut_host_job_runs_again_on_other_host(hosts, study_name, cli_environmen
         _, stderr_b = workers["b"].communicate(timeout=300)
         assert workers["b"].returncode == 0, stderr_b
         _, stderr_a = workers["a"].communicate(timeout=120)
+        rows = claim_rows(server.url, study_name)
     finally:
         for worker in workers.values():
             if worker.poll() is None:
                 worker.kill()
+        server.remove()
 
     # Host a could not reach the database any more and stopped with an error.
     assert workers["a"].returncode == 1
     assert "unreachable" in stderr_a.strip().splitlines()[-1]
 
-    rows = claim_rows(server.url, study_name)
-    server.remove()
     by_job = {}
     for row in rows:
         by_job.setdefault((row.config, row.rung), []).append(row)
