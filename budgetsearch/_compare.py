@@ -397,19 +397,44 @@ def result_budget(settings: StudySettings) -> float:
     return float(settings.total_budget or math.inf)
 
 
-def retrain(study_file: Any, result: RunResult, seeds: int, max_budget: int) -> None:
-    """Train the run's incumbent again at the maximum budget on fresh seeds and record its test values."""
-    test_value = getattr(study_file.module, "test_value", None)
-    if test_value is None or result.incumbent is None:
-        return
-    from budgetsearch._objective import trial_device
+def retrain(study_path: str, study_file: Any, result: RunResult, seeds: int, max_budget: int, processes: int = 1) -> None:
+    """Train the run's incumbent again at the maximum budget on fresh seeds and record its test values.
 
-    for index in range(seeds):
-        value = test_value(
-            result.incumbent["params"], max_budget, schedule=result.schedule,
-            seed=RETRAIN_SEED_BASE + 100 * result.seed + index, device=trial_device(),
-        )
-        result.test_values.append(float(value))
+    With several ``processes``, the seeds train in parallel worker processes that share
+    the machine's CPU cores.
+    """
+    if getattr(study_file.module, "test_value", None) is None or result.incumbent is None:
+        return
+    calls = [
+        (study_path, result.incumbent["params"], max_budget, result.schedule, RETRAIN_SEED_BASE + 100 * result.seed + index)
+        for index in range(seeds)
+    ]
+    processes = max(1, min(processes, seeds))
+    if processes == 1:
+        values = [_test_value(*call) for call in calls]
+    else:
+        import multiprocessing
+
+        threads = max(1, (os.cpu_count() or 1) // processes)
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(processes, initializer=_set_torch_threads, initargs=(threads,)) as pool:
+            values = pool.starmap(_test_value, calls)
+    result.test_values.extend(float(value) for value in values)
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _test_value(study_path: str, params: Dict[str, Any], budget: int, schedule: Dict[str, Any], seed: int) -> float:
+    """Call the study file's ``test_value`` on this process's device."""
+    from budgetsearch._objective import trial_device
+    from budgetsearch._studyfile import load_study_file
+
+    test_value = load_study_file(study_path).module.test_value
+    return float(test_value(params, budget, schedule=schedule, seed=seed, device=trial_device()))
 
 
 def write_outputs(out: str, results: Sequence[RunResult], methods: Sequence[Method], total_budget: int, direction: str, metric: str) -> None:

@@ -574,7 +574,7 @@ def command_compare(args: argparse.Namespace) -> int:
                 result = _compare.run_method(
                     args.study_file, study_file, method, seed, total_budget, args.workers, args.out, args.schedule, environment
                 )
-                _compare.retrain(study_file, result, args.retrain_seeds, defaults.max_budget)
+                _compare.retrain(args.study_file, study_file, result, args.retrain_seeds, defaults.max_budget, args.workers)
                 _compare.save_run(args.out, result, conditions)
                 print(
                     f"compare: {method.name}, seed {seed}: best {result.best_value}, compute {result.compute:.0f}, "
