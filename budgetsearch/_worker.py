@@ -35,7 +35,8 @@ class WorkerReport:
     pruned: int = 0
     failed: int = 0
     lost: int = 0
-    stopped_by_signal: bool = False
+    # The number of the signal (SIGINT or SIGTERM) that stopped the worker, if one did.
+    stopped_by_signal: Optional[int] = None
     # Set when the worker stopped because its last trials failed with one error.
     stopped_by_error: Optional[str] = None
     # The errors of the trials that failed before their first report, since the last
@@ -56,6 +57,7 @@ class _SignalStop:
         # A plain flag: a signal handler must not take locks, as Event.set() does, or a
         # second signal arriving during the first handler could deadlock the worker.
         self.requested = False
+        self.signal_number: Optional[int] = None
         # The signal interrupts only a running objective; elsewhere (claims, tell) it
         # lets the step finish and the loop ends at the next check.
         self.in_objective = False
@@ -75,6 +77,7 @@ class _SignalStop:
         if self.requested:
             return
         self.requested = True
+        self.signal_number = signum
         if self.in_objective:
             raise WorkerStopped(signal.Signals(signum).name)
 
@@ -195,7 +198,7 @@ def run_worker(
             if outcome == "lost":
                 _mark_lost(database, study._study_id, trial.number)
                 report.lost += 1
-                report.stopped_by_signal = True
+                report.stopped_by_signal = stop.signal_number
                 break
             if outcome == "discarded":
                 report.lost += 1
@@ -203,7 +206,7 @@ def run_worker(
             setattr(report, outcome, getattr(report, outcome) + 1)
 
     if stop.requested:
-        report.stopped_by_signal = True
+        report.stopped_by_signal = stop.signal_number
     logger.info(
         "Worker %s stopped: %d complete, %d pruned, %d failed, %d lost.",
         worker_id, report.complete, report.pruned, report.failed, report.lost,

@@ -497,7 +497,10 @@ def command_worker(args: argparse.Namespace) -> int:
     if report.stopped_by_error:
         print(f"budgetsearch: error: {report.stopped_by_error}", file=sys.stderr)
         return 1
-    return 0 if not report.stopped_by_signal else 130
+    if report.stopped_by_signal:
+        # The shell's convention: 130 after SIGINT, 143 after SIGTERM.
+        return 128 + report.stopped_by_signal
+    return 0
 
 
 # -- compare ------------------------------------------------------------------------

@@ -247,7 +247,7 @@ def test_sigterm_releases_job_to_next_attempt(sqlite_url, cli_environment):
     time.sleep(0.5)
     worker.send_signal(signal.SIGTERM)
     _, stderr = worker.communicate(timeout=60)
-    assert worker.returncode == 130
+    assert worker.returncode == 143
     assert "next attempt" in stderr
     first = study.trials[0]
     assert first.state == optuna.trial.TrialState.FAIL

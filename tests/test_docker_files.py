@@ -118,8 +118,8 @@ def run_then_stop(command, environment, url, study_name):
     finally:
         if worker.poll() is None:
             worker.kill()
-    # 130: stopped by the signal after a clean exit of the running trial.
-    assert worker.returncode == 130, stderr
+    # 143 (128 + SIGTERM): stopped by the signal after a clean exit of the running trial.
+    assert worker.returncode == 143, stderr
 
 
 def test_files_command_lines_run(compose, tmp_path, cli_environment):
