@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -87,15 +88,20 @@ def parse_seeds(text: str, methods: Sequence[Method]) -> Dict[str, int]:
     that override it, for example ``3,asha=5,optuna-hyperband=5``. A list of only
     overrides gives the other methods one seed.
     """
-    default = 1
+    default: Optional[int] = None
     counts: Dict[str, int] = {}
     named = {method.name for method in methods}
     for part in (part.strip() for part in text.split(",")):
         name, equals, number = part.rpartition("=")
-        if equals and name.strip() not in named:
+        name = name.strip()
+        if equals and name not in named:
             raise ValueError(
-                f"--seeds {text!r} is invalid: {name.strip()!r} is not one of the compared methods "
+                f"--seeds {text!r} is invalid: {name!r} is not one of the compared methods "
                 f"({', '.join(method.name for method in methods)}); add it to --methods or remove it from --seeds."
+            )
+        if (equals and name in counts) or (not equals and default is not None):
+            raise ValueError(
+                f"--seeds {text!r} is invalid: {part!r} repeats an earlier entry; give N once and each METHOD=N once."
             )
         try:
             count = int(number)
@@ -107,10 +113,10 @@ def parse_seeds(text: str, methods: Sequence[Method]) -> Dict[str, int]:
                 "give N or METHOD=N entries, for example 3,asha=5."
             )
         if equals:
-            counts[name.strip()] = count
+            counts[name] = count
         else:
             default = count
-    return {method.name: counts.get(method.name, default) for method in methods}
+    return {method.name: counts.get(method.name, default or 1) for method in methods}
 
 
 class FixedBudgetSampler(BaseSampler):
@@ -199,7 +205,7 @@ def compute_used(study: optuna.Study) -> float:
     return sum(trial_compute(t) for t in study.get_trials(deepcopy=False))
 
 
-def run_baseline_worker(study_file: Any, storage: str, study_name: str, method: Method, worker_index: int) -> None:
+def run_baseline_worker(study_file: Any, storage: Any, study_name: str, method: Method, worker_index: int) -> None:
     """Run trials of a baseline study until its compute reaches the total budget."""
     from budgetsearch._status import load_settings
 
@@ -238,6 +244,8 @@ class RunResult:
     anytime: List[Tuple[float, Optional[float]]] = dataclasses.field(default_factory=list)
     test_values: List[float] = dataclasses.field(default_factory=list)
     schedule: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Whether the incumbent's retraining finished (it has nothing to do without an incumbent).
+    retrained: bool = False
 
 
 def run_method(
@@ -263,7 +271,9 @@ def run_method(
             command += ["--artifact-dir", settings.artifact_dir]
         _check_call(command, environment, name, out)
     else:
-        study = optuna.create_study(study_name=name, storage=storage, direction=settings.direction)
+        from budgetsearch.cli import open_storage
+
+        study = optuna.create_study(study_name=name, storage=open_storage(storage), direction=settings.direction)
         BudgetSampler(settings=settings).settings_for(study)
         commands = [
             [
@@ -282,36 +292,76 @@ def run_name(method: Method, seed: int) -> str:
     return f"{method.name}-seed{seed}"
 
 
+# The flags whose values a finished run must share with a command that resumes it.
+CONDITION_FLAGS = {
+    "study_file": "the study file",
+    "total_budget": "--total-budget",
+    "workers": "--workers",
+    "retrain_seeds": "--retrain-seeds",
+    "schedule": "--schedule",
+}
+
+
+def _run_path(out: str, name: str) -> str:
+    return os.path.join(out, "runs", name + ".json")
+
+
 def save_run(out: str, result: RunResult, conditions: Dict[str, Any]) -> None:
-    """Write a finished run's result and the conditions it ran under to ``runs/NAME.json``."""
-    path = os.path.join(out, "runs", f"{result.method}-seed{result.seed}.json")
+    """Write a run's result and the conditions it ran under to ``runs/NAME.json``."""
+    path = _run_path(out, f"{result.method}-seed{result.seed}")
     with open(path + ".tmp", "w") as file:
         json.dump({"conditions": conditions, "result": dataclasses.asdict(result)}, file, indent=1)
     os.replace(path + ".tmp", path)
 
 
-def load_run(out: str, method: Method, seed: int, conditions: Dict[str, Any]) -> Optional[RunResult]:
-    """Return the saved result of a finished run, or None if the run did not finish.
+def _read_saved_run(path: str) -> Dict[str, Any]:
+    try:
+        with open(path) as file:
+            saved = json.load(file)
+        problem = None
+        if not isinstance(saved, dict) or not isinstance(saved.get("conditions"), dict):
+            problem = "no conditions"
+        elif not isinstance(saved.get("result"), dict) or "method" not in saved["result"]:
+            problem = "no result"
+    except (OSError, ValueError) as error:
+        problem = f"{type(error).__name__}: {error}"
+    if problem is not None:
+        raise ValueError(
+            f"--resume: the saved run {path!r} is invalid ({problem}): delete it to run that method and seed again."
+        )
+    return saved
 
-    Raises ValueError if the run finished under other conditions, such as another total budget.
+
+def check_saved_runs(out: str, conditions: Dict[str, Any]) -> None:
+    """Raise ValueError if a run saved in ``out`` ran under other conditions, or cannot be read.
+
+    This checks every saved run before anything runs, so a resumed comparison never
+    mixes runs made under different settings.
     """
-    path = os.path.join(out, "runs", f"{run_name(method, seed)}.json")
+    runs = os.path.join(out, "runs")
+    for name in sorted(os.listdir(runs)):
+        if not name.endswith(".json") or name == "rank-correlation.json":
+            continue
+        saved = _read_saved_run(os.path.join(runs, name))
+        differences = [
+            f"{CONDITION_FLAGS.get(key, key)} {saved['conditions'].get(key)!r} (now {value!r})"
+            for key, value in conditions.items()
+            if saved["conditions"].get(key) != value
+        ]
+        if differences:
+            raise ValueError(
+                f"--resume: run {name[:-len('.json')]} in {out!r} was made with {', '.join(differences)}: "
+                "resume with the same values, or pick an empty --out folder."
+            )
+
+
+def load_run(out: str, method: Method, seed: int) -> Optional[RunResult]:
+    """Return the saved result of a run whose search finished, or None if it did not finish."""
+    path = _run_path(out, run_name(method, seed))
     if not os.path.exists(path):
         return None
-    with open(path) as file:
-        saved = json.load(file)
-    differences = [
-        f"{key} {saved['conditions'].get(key)!r} (now {value!r})"
-        for key, value in conditions.items()
-        if saved["conditions"].get(key) != value
-    ]
-    if differences:
-        raise ValueError(
-            f"--resume: run {run_name(method, seed)} in {out!r} was made with {', '.join(differences)}: "
-            "resume with the same settings, or pick an empty --out folder."
-        )
-    fields = dict(saved["result"])
-    fields["anytime"] = [tuple(point) for point in fields["anytime"]]
+    fields = dict(_read_saved_run(path)["result"])
+    fields["anytime"] = [tuple(point) for point in fields.get("anytime", [])]
     return RunResult(**fields)
 
 
@@ -345,9 +395,28 @@ def _check_calls(commands: List[List[str]], environment: Dict[str, str], name: s
                 env[CPUS_ENVIRONMENT_VARIABLE] = ",".join(str(core) for core in cpu_sets[index])
                 env["OMP_NUM_THREADS"] = str(len(cpu_sets[index]))
             processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
-        codes = [process.wait() for process in processes]
+        try:
+            codes = [process.wait() for process in processes]
+        except BaseException:
+            # Interrupted (SIGINT, SIGTERM): stop the run's processes before compare exits.
+            _stop_processes(processes)
+            raise
     if any(codes):
         raise RuntimeError(f"run {name} failed (exit status {max(codes)}): see {_log_path(out, name)}.")
+
+
+def _stop_processes(processes: List[subprocess.Popen]) -> None:
+    """Send SIGTERM to the processes still running, wait up to 60 s for them, then kill the rest."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def analyze(result: RunResult, method: Method, settings: StudySettings) -> None:
@@ -404,6 +473,7 @@ def retrain(study_path: str, study_file: Any, result: RunResult, seeds: int, max
     the machine's CPU cores.
     """
     if getattr(study_file.module, "test_value", None) is None or result.incumbent is None:
+        result.retrained = True
         return
     calls = [
         (study_path, result.incumbent["params"], max_budget, result.schedule, RETRAIN_SEED_BASE + 100 * result.seed + index)
@@ -411,15 +481,22 @@ def retrain(study_path: str, study_file: Any, result: RunResult, seeds: int, max
     ]
     processes = max(1, min(processes, seeds))
     if processes == 1:
+        _loaded_study_files[study_path] = study_file
         values = [_test_value(*call) for call in calls]
     else:
         import multiprocessing
 
-        threads = max(1, (os.cpu_count() or 1) // processes)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         context = multiprocessing.get_context("spawn")
-        with context.Pool(processes, initializer=_set_torch_threads, initargs=(threads,)) as pool:
+        # Leaving the block terminates the processes, also when an interrupt ends the retraining.
+        with context.Pool(processes, initializer=_set_torch_threads, initargs=(max(1, cores // processes),)) as pool:
             values = pool.starmap(_test_value, calls)
-    result.test_values.extend(float(value) for value in values)
+    result.test_values = [float(value) for value in values]
+    result.retrained = True
+
+
+# The study files this process has loaded, by path, so that each is imported once.
+_loaded_study_files: Dict[str, Any] = {}
 
 
 def _set_torch_threads(threads: int) -> None:
@@ -433,7 +510,9 @@ def _test_value(study_path: str, params: Dict[str, Any], budget: int, schedule: 
     from budgetsearch._objective import trial_device
     from budgetsearch._studyfile import load_study_file
 
-    test_value = load_study_file(study_path).module.test_value
+    if study_path not in _loaded_study_files:
+        _loaded_study_files[study_path] = load_study_file(study_path)
+    test_value = _loaded_study_files[study_path].module.test_value
     return float(test_value(params, budget, schedule=schedule, seed=seed, device=trial_device()))
 
 

@@ -84,9 +84,13 @@ class ReconnectingStorage(RDBStorage):
         if not url.startswith("sqlite"):
             engine_kwargs.setdefault("pool_pre_ping", True)
             engine_kwargs["connect_args"] = {**network_connect_args(url), **engine_kwargs.get("connect_args", {})}
-        retry_table_creation(
-            lambda: _with_retries(lambda: RDBStorage.__init__(self, url, engine_kwargs=engine_kwargs, **kwargs), url, db_wait)
-        )
+        def initialize() -> None:
+            # A failed try leaves an engine behind; its pooled connections are closed first.
+            if getattr(self, "engine", None) is not None:
+                self.engine.dispose()
+            RDBStorage.__init__(self, url, engine_kwargs=engine_kwargs, **kwargs)
+
+        retry_table_creation(lambda: _with_retries(initialize, url, db_wait))
 
 
 def _with_retries(call: Callable[[], Any], url: Any, seconds: float) -> Any:

@@ -110,10 +110,13 @@ def retry_table_creation(create: Callable[[], T], tries: int = 5) -> T:
     for attempt in range(1, tries + 1):
         try:
             return create()
-        except DBAPIError:
+        except DBAPIError as error:
             if attempt == tries:
                 raise
-            logger.info("Creating tables failed; another process may be creating them, so retrying.")
+            logger.info(
+                "Creating tables failed (%s); another process may be creating them, so retrying.",
+                str(error.orig).strip().splitlines()[0] if error.orig else error,
+            )
             time.sleep(0.05 * attempt * (0.5 + random.random()))
     raise AssertionError("unreachable")
 

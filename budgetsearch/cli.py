@@ -560,23 +560,70 @@ def command_compare(args: argparse.Namespace) -> int:
         "retrain_seeds": args.retrain_seeds,
         "schedule": args.schedule,
     }
+    if args.resume:
+        try:
+            _compare.check_saved_runs(args.out, conditions)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
 
+    # SIGTERM ends compare as Ctrl-C does: the running run's processes stop first.
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        _compare_runs(args, study_file, methods, seeds, total_budget, conditions, environment)
+    except (KeyboardInterrupt, _Terminated) as interruption:
+        signal_number = interruption.signal_number if isinstance(interruption, _Terminated) else signal.SIGINT
+        print(
+            f"compare: stopped by {signal.Signals(signal_number).name}. Run the same command with --resume "
+            "to keep the finished runs and run the rest.",
+            file=sys.stderr,
+        )
+        return 128 + signal_number
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    return 0
+
+
+class _Terminated(Exception):
+    """Raised in the main thread when SIGTERM arrives during ``budgetsearch compare``."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+def _raise_terminated(signal_number: int, _frame: Any) -> None:
+    raise _Terminated(signal_number)
+
+
+def _compare_runs(
+    args: argparse.Namespace, study_file: Any, methods: list, seeds: Dict[str, int], total_budget: int,
+    conditions: Dict[str, Any], environment: Dict[str, str],
+) -> None:
+    from budgetsearch import _compare
+
+    defaults = study_file.defaults
     results = []
     for method in methods:
         for seed in range(seeds[method.name]):
             name = _compare.run_name(method, seed)
             try:
-                result = _compare.load_run(args.out, method, seed, conditions) if args.resume else None
+                result = _compare.load_run(args.out, method, seed) if args.resume else None
             except ValueError as error:
                 raise UsageError(str(error)) from None
-            if result is not None:
+            if result is not None and result.retrained:
                 print(f"compare: {name}: kept the finished run from {args.out}", flush=True)
             else:
-                _compare.discard_partial_run(args.out, name)
-                print(f"compare: {method.name}, seed {seed} ...", flush=True)
-                result = _compare.run_method(
-                    args.study_file, study_file, method, seed, total_budget, args.workers, args.out, args.schedule, environment
-                )
+                if result is None:
+                    _compare.discard_partial_run(args.out, name)
+                    print(f"compare: {method.name}, seed {seed} ...", flush=True)
+                    result = _compare.run_method(
+                        args.study_file, study_file, method, seed, total_budget, args.workers, args.out, args.schedule,
+                        environment,
+                    )
+                    # Saved before retraining, so that an interrupted retraining does not repeat the search.
+                    _compare.save_run(args.out, result, conditions)
+                else:
+                    print(f"compare: {name}: kept the finished search, retraining its incumbent ...", flush=True)
                 _compare.retrain(args.study_file, study_file, result, args.retrain_seeds, defaults.max_budget, args.workers)
                 _compare.save_run(args.out, result, conditions)
                 print(
@@ -599,7 +646,6 @@ def command_compare(args: argparse.Namespace) -> int:
         )
         written += ", rank_correlation.csv, rank_correlation.md and rank_correlation.png"
     print(f"compare: wrote {written} in {args.out}")
-    return 0
 
 
 def command_compare_worker(args: argparse.Namespace) -> int:
@@ -609,7 +655,8 @@ def command_compare_worker(args: argparse.Namespace) -> int:
     _limit_cpus()
     study_file = load_study_file(args.study_file)
     optuna_logging_warnings()
-    _compare.run_baseline_worker(study_file, args.storage, args.study_name, _compare.METHODS[args.method], args.worker_index)
+    storage = open_storage(args.storage)
+    _compare.run_baseline_worker(study_file, storage, args.study_name, _compare.METHODS[args.method], args.worker_index)
     return 0
 
 
@@ -806,7 +853,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="seeds per method, numbered from 0: N for every method, then METHOD=N entries for exceptions, "
         "for example 3,asha=5 (default 1).",
     )
-    compare.add_argument("--workers", type=_positive_int, default=2, help="worker processes per run (default 2).")
+    compare.add_argument(
+        "--workers", type=_positive_int, default=2, help="worker processes per run, and processes that retrain incumbents (default 2)."
+    )
     compare.add_argument("--retrain-seeds", type=_positive_int, default=3, help="fresh seeds to retrain each incumbent on (default 3).")
     compare.add_argument("--schedule", help="schedule of the Optuna-pruner and full-budget methods (default: the study's own).")
     compare.add_argument(
@@ -821,7 +870,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--resume",
         action="store_true",
-        help="keep the runs that finished in --out under the same settings, and run the rest again from their start.",
+        help="continue the comparison in --out: keep its finished runs and run the rest from their start. The study "
+        "file's name, --total-budget, --workers, --retrain-seeds and --schedule must be those of the saved runs; "
+        "--methods and --seeds may add runs.",
     )
     compare.set_defaults(handler=command_compare)
 
@@ -882,11 +933,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except sqlalchemy.exc.OperationalError as error:
         storage = getattr(args, "storage", "")
         reason = _mask_in(str(error.orig).strip().splitlines()[0] if error.orig else str(error), storage)
-        print(
-            f"budgetsearch: error: the study database {mask_url(storage)} failed: {reason}. "
-            "Check that the server is running and reachable, then run the command again.",
-            file=sys.stderr,
-        )
+        if storage:
+            print(
+                f"budgetsearch: error: the study database {mask_url(storage)} failed: {reason}. "
+                "Check that the server is running and reachable, then run the command again.",
+                file=sys.stderr,
+            )
+        else:
+            # compare keeps its runs' SQLite files in its --out folder.
+            print(f"budgetsearch: error: a database operation failed: {reason}.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

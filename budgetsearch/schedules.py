@@ -939,6 +939,9 @@ def schedule_from_description(
     ``unit``. Missing keys mean linear decay to zero, no warm-up, in steps. Keyword
     ``overrides`` replace entries of ``options``.
 
+    Raises:
+        ValueError: for a key other than those four, or for the errors of ``make_schedule``.
+
     >>> import torch
     >>> optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     >>> scheduler = schedule_from_description(optimizer, 10, {"name": "step", "options": {"gamma": 0.5}})
@@ -946,7 +949,12 @@ def schedule_from_description(
     'StepSchedule'
     """
     description = description or {}
-    options = {**description.get("options", {}), **overrides}
+    unknown = sorted(set(description) - {"name", "options", "warmup", "unit"})
+    if unknown:
+        raise ValueError(
+            f"schedule description {dict(description)!r} has unknown keys {unknown}: use name, options, warmup and unit."
+        )
+    options = {**(description.get("options") or {}), **overrides}
     return make_schedule(
         optimizer,
         budget,

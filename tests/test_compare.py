@@ -1,13 +1,16 @@
 """budgetsearch compare on a synthetic study: equal compute, incumbents and the files it writes."""
 
 import csv
+import json
 import os
+import signal
 import subprocess
+import time
 
 import pytest
 
 from budgetsearch._compare import METHODS, RunResult, anytime_grid, first_reach, parse_methods, parse_seeds
-from conftest import HERE, budgetsearch_command
+from conftest import HERE, SYNTHETIC_STUDY, budgetsearch_command
 
 STUDY = os.path.join(HERE, "studies", "compare_synthetic.py")
 
@@ -104,11 +107,15 @@ def test_compare_resume_keeps_finished_runs(tmp_path, cli_environment):
     assert again.returncode == 2
     assert "pass --resume" in again.stderr
 
-    # An interrupted run leaves its storage but no saved result, and --resume runs it again.
+    # An interrupted search leaves its storage but no saved result, and --resume runs it
+    # again. A run interrupted while retraining is only retrained.
     (out / "runs" / "random-full-seed0.json").unlink()
+    saved_asha = json.loads((out / "runs" / "asha-seed0.json").read_text())
+    saved_asha["result"].update(retrained=False, test_values=[])
+    (out / "runs" / "asha-seed0.json").write_text(json.dumps(saved_asha))
     resumed = run("--resume")
     assert resumed.returncode == 0, resumed.stderr + resumed.stdout
-    assert "asha-seed0: kept the finished run" in resumed.stdout
+    assert "asha-seed0: kept the finished search, retraining its incumbent" in resumed.stdout
     assert "random-full, seed 0 ..." in resumed.stdout
     with open(out / "results.csv") as file:
         resumed_rows = list(csv.DictReader(file))
@@ -119,7 +126,9 @@ def test_compare_resume_keeps_finished_runs(tmp_path, cli_environment):
     # The rank correlation's configurations were not trained again.
     assert saved_ranks.stat().st_mtime_ns == saved_ranks_time
 
-    # Runs made under another total budget are not mixed with new ones.
+    # Runs made under another total budget are not mixed with new ones: the check
+    # comes before any run, so the deleted run is not made again at the new budget.
+    (out / "runs" / "asha-seed0.json").unlink()
     other = subprocess.run(
         budgetsearch_command(
             "compare", STUDY, "--methods", "asha", "--total-budget", "81", "--workers", "1", "--retrain-seeds", "1",
@@ -128,7 +137,54 @@ def test_compare_resume_keeps_finished_runs(tmp_path, cli_environment):
         env=cli_environment, capture_output=True, text=True, timeout=600,
     )
     assert other.returncode == 2
-    assert "total_budget 54 (now 81)" in other.stderr
+    assert "--total-budget 54 (now 81)" in other.stderr
+    assert not (out / "runs" / "asha-seed0.json").exists()
+
+
+def session_processes(session):
+    """Return the ids of the live processes in the session ``session``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command name: state, parent, process group, session.
+        if int(fields[3]) == session and fields[0] != "Z":
+            found.append(int(name))
+    return found
+
+
+@pytest.mark.parametrize("method", ["asha", "random-full"])
+def test_compare_sigterm_stops_its_processes(tmp_path, cli_environment, method):
+    out = tmp_path / "cmp"
+    cli_environment["SYNTHETIC_SECONDS_PER_UNIT"] = "0.2"
+    compare = subprocess.Popen(
+        budgetsearch_command(
+            "compare", SYNTHETIC_STUDY, "--methods", method, "--total-budget", "2700", "--workers", "2", "--out", str(out),
+        ),
+        env=cli_environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        storage = out / "runs" / f"{method}-seed0.db"
+        deadline = time.time() + 120
+        while time.time() < deadline and not (storage.exists() and len(session_processes(compare.pid)) >= 3):
+            time.sleep(0.5)
+        assert len(session_processes(compare.pid)) >= 3, "the run's worker processes did not start"
+        compare.send_signal(signal.SIGTERM)
+        _, stderr = compare.communicate(timeout=120)
+    finally:
+        if compare.poll() is None:
+            os.killpg(compare.pid, signal.SIGKILL)
+    assert compare.returncode == 143, stderr
+    assert "--resume" in stderr
+    deadline = time.time() + 10
+    while time.time() < deadline and session_processes(compare.pid):
+        time.sleep(0.2)
+    assert session_processes(compare.pid) == []
 
 
 def test_parse_methods_keeps_order_and_drops_repeats():
@@ -142,7 +198,7 @@ def test_parse_seeds_default_and_overrides():
     assert parse_seeds("3", methods) == {"asha": 3, "optuna-sha": 3, "tpe-full": 3}
     assert parse_seeds("3, asha=5,optuna-sha=5", methods) == {"asha": 5, "optuna-sha": 5, "tpe-full": 3}
     assert parse_seeds("asha=2", methods) == {"asha": 2, "optuna-sha": 1, "tpe-full": 1}
-    for text in ("0", "asha=0", "asha=two", "", "3,random-full=2"):
+    for text in ("0", "asha=0", "asha=two", "", "3,random-full=2", "3,4", "asha=2,asha=5", "=2"):
         with pytest.raises(ValueError, match="--seeds"):
             parse_seeds(text, methods)
 

@@ -684,3 +684,9 @@ def test_schedule_from_description_defaults_and_overrides():
     assert [train_step(overridden.optimizer, overridden) for _ in range(10)] == [
         train_step(reference.optimizer, reference) for _ in range(10)
     ]
+
+
+def test_schedule_from_description_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="unknown keys \\['warm_up'\\]"):
+        schedule_from_description(new_optimizer(), 10, {"name": "linear", "warm_up": 2})
+    assert type(schedule_from_description(new_optimizer(), 10, {"name": "cosine", "options": None})) is CosineSchedule
