@@ -736,7 +736,7 @@ def _add_storage(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_study_flags(parser: argparse.ArgumentParser) -> None:
+def _add_study_flags(parser: argparse.ArgumentParser, *, runs_trials: bool = True) -> None:
     from budgetsearch._settings import ALGORITHMS, BUDGET_UNITS, DEFAULT_DB_WAIT, MODES, SAMPLERS, SCHEDULE_NAMES
 
     parser.add_argument("study_file", help="Python file that defines objective(trial) and DEFAULTS.")
@@ -787,14 +787,18 @@ def _add_study_flags(parser: argparse.ArgumentParser) -> None:
         type=_positive_seconds,
         help="seconds without a heartbeat after which a trial is lost and its job runs again (default 60).",
     )
-    parser.add_argument("--timeout", type=_positive_seconds, help="seconds after which no new trial starts; running trials finish.")
+    if runs_trials:
+        parser.add_argument(
+            "--timeout", type=_positive_seconds, help="seconds after which no new trial starts; running trials finish."
+        )
     parser.add_argument(
         "--db-wait",
         type=_non_negative_seconds,
         default=DEFAULT_DB_WAIT,
         help=f"seconds to keep retrying a study database that cannot be reached before the worker stops with an error (default {DEFAULT_DB_WAIT:.0f}).",
     )
-    parser.add_argument("--verbose", action="store_true", help="log every job claimed and finished.")
+    if runs_trials:
+        parser.add_argument("--verbose", action="store_true", help="log every job claimed and finished.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -823,7 +827,8 @@ def build_parser() -> argparse.ArgumentParser:
     create = subparsers.add_parser(
         "create", help="create a study with its settings, or check an existing one's, and start no worker."
     )
-    _add_study_flags(create)
+    # create runs no trial, so it has no --timeout or --verbose.
+    _add_study_flags(create, runs_trials=False)
     create.set_defaults(handler=command_create)
 
     worker = subparsers.add_parser("worker", help="join a study as one worker process, from any machine that reaches its database.")
