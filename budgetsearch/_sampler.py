@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -712,7 +713,7 @@ class BudgetSampler(BaseSampler):
         if plan is None:
             raise NoJobError(f"trial {trial.number} has no budgetsearch job, so it cannot sample parameters.")
         if plan.replay is not None:
-            return _replayed_value(plan, trial, param_name, param_distribution)
+            return _replayed_value(plan, study, trial, param_name, param_distribution, self._bind(study).settings.seed)
         assert plan.base_sampler is not None
         view = _view(plan, study)
         return plan.base_sampler.sample_independent(view, trial, param_name, param_distribution)
@@ -741,10 +742,16 @@ def _view(plan: _TrialPlan, study: Study) -> "_RungStudy":
     return plan.view
 
 
-def _replayed_value(plan: _TrialPlan, trial: FrozenTrial, name: str, distribution: BaseDistribution) -> Any:
+def _replayed_value(
+    plan: _TrialPlan, study: Study, trial: FrozenTrial, name: str, distribution: BaseDistribution, seed: Optional[int]
+) -> Any:
     replay = plan.replay
     assert replay is not None
     if name not in replay.distributions:
+        # A first trial that failed or was lost may have ended before it asked for this
+        # parameter. A first trial with a result asked for every parameter it uses.
+        if replay.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            return _unsampled_value(plan, study, trial, name, distribution, seed)
         raise ValueError(
             f"trial {trial.number} replays configuration {plan.config}, which has no parameter "
             f"{name!r}: a promoted trial must ask for the same parameters as the configuration's "
@@ -757,6 +764,27 @@ def _replayed_value(plan: _TrialPlan, trial: FrozenTrial, name: str, distributio
             f"{plan.config} was sampled with {stored}: keep the search space unchanged within a study."
         )
     return replay.params[name]
+
+
+def _unsampled_value(
+    plan: _TrialPlan, study: Study, trial: FrozenTrial, name: str, distribution: BaseDistribution, seed: Optional[int]
+) -> Any:
+    """Return a value for a parameter that the configuration's first trial never sampled.
+
+    That trial failed, or was lost, before it asked for the parameter. The value is drawn
+    at random from a seed of the study seed, the configuration and the name, so every
+    trial of the configuration, in any worker, gets the same one.
+    """
+    logger.warning(
+        "Trial %d: configuration %d's first trial (trial %d) ended before it sampled %r, so the "
+        "parameter is drawn at random, the same for every trial of the configuration.",
+        trial.number, plan.config, plan.replay.number if plan.replay is not None else -1, name,
+    )
+    name_seed = zlib.crc32(name.encode("utf-8"))
+    sampler = optuna.samplers.RandomSampler(
+        seed=int(np.random.SeedSequence([seed or 0, plan.config, name_seed]).generate_state(1)[0])
+    )
+    return sampler.sample_independent(study, trial, name, distribution)
 
 
 def _is_stale(row: Any, settings: StudySettings) -> bool:

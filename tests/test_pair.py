@@ -1,6 +1,7 @@
 """The sampler and pruner pair on Optuna's in-memory storage, in one process."""
 
 import math
+import time
 import warnings
 from collections import Counter
 
@@ -417,3 +418,33 @@ def test_joining_worker_uses_stored_base_sampler():
     study.optimize(quadratic, n_trials=1)
     plan_samplers = [type(make_base_sampler(joiner._base_spec, 0))]
     assert plan_samplers == [optuna.samplers.RandomSampler]
+
+
+def test_retry_samples_parameters_lost_trial_missed(tmp_path):
+    # A worker lost between two suggest calls leaves a first trial with only some of the
+    # configuration's parameters. Its job's retry must still run.
+    storage = f"sqlite:///{tmp_path / 'lost.db'}"
+    sampler = BudgetSampler(
+        min_budget=1, max_budget=9, reduction_factor=3, total_budget=60, seed=1,
+        send_heartbeats=True, heartbeat_interval=0.05, grace_period=0.2,
+    )
+    study = optuna.create_study(storage=storage, sampler=sampler, pruner=BudgetPruner())
+    lost = study.ask()
+    lost_x = lost.suggest_float("x", -2.0, 2.0)
+    time.sleep(0.5)
+
+    retry = study.ask()
+    assert retry.user_attrs[ATTR + "config"] == lost.number
+    assert retry.user_attrs[ATTR + "attempt"] == 1
+    assert retry.suggest_float("x", -2.0, 2.0) == lost_x
+    k = retry.suggest_int("k", 1, 4)
+    study.tell(retry, 1.0)
+
+    study.optimize(quadratic)
+    trials = study.get_trials(deepcopy=False)
+    assert trials[lost.number].state == optuna.trial.TrialState.FAIL
+    assert all(t.state != optuna.trial.TrialState.FAIL for t in trials if t.number != lost.number)
+    # Every later trial of the configuration gets the same value of the missing parameter.
+    config_trials = [t for t in trials if t.user_attrs.get(ATTR + "config") == lost.number and t.number != lost.number]
+    assert {t.params["k"] for t in config_trials} == {k}
+    assert {t.params["x"] for t in config_trials} == {lost_x}
