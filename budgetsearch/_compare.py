@@ -94,6 +94,11 @@ def parse_seeds(text: str, methods: Sequence[Method]) -> Dict[str, int]:
     for part in (part.strip() for part in text.split(",")):
         name, equals, number = part.rpartition("=")
         name = name.strip()
+        if not part or (equals and not name):
+            raise ValueError(
+                f"--seeds {text!r} is invalid: it has an empty entry or a method name missing before '='; "
+                "give N or METHOD=N entries, for example 3,asha=5."
+            )
         if equals and name not in named:
             raise ValueError(
                 f"--seeds {text!r} is invalid: {name!r} is not one of the compared methods "

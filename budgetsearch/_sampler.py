@@ -713,7 +713,7 @@ class BudgetSampler(BaseSampler):
         if plan is None:
             raise NoJobError(f"trial {trial.number} has no budgetsearch job, so it cannot sample parameters.")
         if plan.replay is not None:
-            return _replayed_value(plan, study, trial, param_name, param_distribution, self._bind(study).settings.seed)
+            return _replayed_value(plan, self._bind(study), study, trial, param_name, param_distribution)
         assert plan.base_sampler is not None
         view = _view(plan, study)
         return plan.base_sampler.sample_independent(view, trial, param_name, param_distribution)
@@ -743,7 +743,7 @@ def _view(plan: _TrialPlan, study: Study) -> "_RungStudy":
 
 
 def _replayed_value(
-    plan: _TrialPlan, study: Study, trial: FrozenTrial, name: str, distribution: BaseDistribution, seed: Optional[int]
+    plan: _TrialPlan, binding: _Binding, study: Study, trial: FrozenTrial, name: str, distribution: BaseDistribution
 ) -> Any:
     replay = plan.replay
     assert replay is not None
@@ -751,7 +751,7 @@ def _replayed_value(
         # A first trial that failed or was lost may have ended before it asked for this
         # parameter. A first trial with a result asked for every parameter it uses.
         if replay.state not in (TrialState.COMPLETE, TrialState.PRUNED):
-            return _unsampled_value(plan, study, trial, name, distribution, seed)
+            return _unsampled_value(plan, binding, study, trial, name, distribution)
         raise ValueError(
             f"trial {trial.number} replays configuration {plan.config}, which has no parameter "
             f"{name!r}: a promoted trial must ask for the same parameters as the configuration's "
@@ -767,22 +767,47 @@ def _replayed_value(
 
 
 def _unsampled_value(
-    plan: _TrialPlan, study: Study, trial: FrozenTrial, name: str, distribution: BaseDistribution, seed: Optional[int]
+    plan: _TrialPlan, binding: _Binding, study: Study, trial: FrozenTrial, name: str, distribution: BaseDistribution
 ) -> Any:
     """Return a value for a parameter that the configuration's first trial never sampled.
 
-    That trial failed, or was lost, before it asked for the parameter. The value is drawn
-    at random from a seed of the study seed, the configuration and the name, so every
-    trial of the configuration, in any worker, gets the same one.
+    That trial failed, or was lost, before it asked for the parameter. A later trial of
+    the configuration that has the parameter gives its value, after the same check of the
+    distribution as a replay. Otherwise the value is drawn at random from a seed of the
+    study seed (or name), the configuration and the parameter's name, so every trial of
+    the configuration, in any worker, gets the same one.
     """
-    logger.warning(
-        "Trial %d: configuration %d's first trial (trial %d) ended before it sampled %r, so the "
-        "parameter is drawn at random, the same for every trial of the configuration.",
-        trial.number, plan.config, plan.replay.number if plan.replay is not None else -1, name,
+    claims = claims_table.c
+    query = (
+        sa.select(claims.trial_id)
+        .where(claims.study_id == study._study_id)
+        .where(claims.config == plan.config)
+        .where(claims.trial_id != trial._trial_id)
+        .order_by(claims.trial_number)
     )
+    trial_ids = binding.database.run(lambda connection: connection.execute(query).scalars().all())
+    for trial_id in trial_ids:
+        earlier = study._storage.get_trial(trial_id)
+        if name in earlier.distributions:
+            if earlier.distributions[name] != distribution:
+                raise ValueError(
+                    f"trial {trial.number} asks for parameter {name!r} with {distribution}, but configuration "
+                    f"{plan.config} was sampled with {earlier.distributions[name]} (trial {earlier.number}): "
+                    "keep the search space unchanged within a study."
+                )
+            return earlier.params[name]
+
+    logger.warning(
+        "Trial %d: configuration %d's first trial ended before it sampled %r, so the parameter is "
+        "drawn at random, the same for every trial of the configuration.",
+        trial.number, plan.config, name,
+    )
+    study_seed = binding.settings.seed
+    if study_seed is None:
+        study_seed = zlib.crc32(study.study_name.encode("utf-8"))
     name_seed = zlib.crc32(name.encode("utf-8"))
     sampler = optuna.samplers.RandomSampler(
-        seed=int(np.random.SeedSequence([seed or 0, plan.config, name_seed]).generate_state(1)[0])
+        seed=int(np.random.SeedSequence([study_seed, plan.config, name_seed]).generate_state(1)[0])
     )
     return sampler.sample_independent(study, trial, name, distribution)
 

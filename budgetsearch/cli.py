@@ -227,7 +227,14 @@ def open_study(args: argparse.Namespace, study_file: Any, *, create: bool = True
         existing = None
 
     if existing is not None:
-        stored = load_settings(database_for(existing._storage), existing._study_id)
+        database = database_for(existing._storage)
+        stored = load_settings(database, existing._study_id)
+        # A process that created the study at the same moment may not have stored its
+        # settings yet; a study that has trials and no settings is not budgetsearch's.
+        deadline = time.monotonic() + 10
+        while stored is None and time.monotonic() < deadline and not existing.get_trials(deepcopy=False):
+            time.sleep(0.2)
+            stored = load_settings(database, existing._study_id)
         if stored is None:
             raise UsageError(
                 f"study {study_name!r} exists in {mask_url(args.storage)} but was not created by "
@@ -795,7 +802,7 @@ def _add_study_flags(parser: argparse.ArgumentParser, *, runs_trials: bool = Tru
         "--db-wait",
         type=_non_negative_seconds,
         default=DEFAULT_DB_WAIT,
-        help=f"seconds to keep retrying a study database that cannot be reached before the worker stops with an error (default {DEFAULT_DB_WAIT:.0f}).",
+        help=f"seconds to keep retrying a study database that cannot be reached before the command stops with an error (default {DEFAULT_DB_WAIT:.0f}).",
     )
     if runs_trials:
         parser.add_argument("--verbose", action="store_true", help="log every job claimed and finished.")

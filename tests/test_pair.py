@@ -448,3 +448,25 @@ def test_retry_samples_parameters_lost_trial_missed(tmp_path):
     config_trials = [t for t in trials if t.user_attrs.get(ATTR + "config") == lost.number and t.number != lost.number]
     assert {t.params["k"] for t in config_trials} == {k}
     assert {t.params["x"] for t in config_trials} == {lost_x}
+
+
+def test_lost_trial_missing_parameter_checks_distribution(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'lost.db'}"
+    sampler = BudgetSampler(
+        min_budget=1, max_budget=9, reduction_factor=3, total_budget=60, seed=1,
+        send_heartbeats=True, heartbeat_interval=0.05, grace_period=0.2,
+    )
+    study = optuna.create_study(storage=storage, sampler=sampler, pruner=BudgetPruner())
+    first = study.ask()
+    first.suggest_float("x", -2.0, 2.0)
+    time.sleep(0.5)
+    # The first retry samples k, and is lost too.
+    second = study.ask()
+    second.suggest_float("x", -2.0, 2.0)
+    second.suggest_int("k", 1, 4)
+    time.sleep(0.5)
+    third = study.ask()
+    assert third.user_attrs[ATTR + "attempt"] == 2
+    third.suggest_float("x", -2.0, 2.0)
+    with pytest.raises(ValueError, match="asks for parameter 'k' with .*but configuration 0 was sampled with"):
+        third.suggest_int("k", 1, 8)

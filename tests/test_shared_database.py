@@ -6,6 +6,8 @@ attempt) ran twice, and every promoted trial's parent was among the best
 """
 
 import subprocess
+import sys
+import time
 from collections import Counter
 
 import optuna
@@ -71,3 +73,40 @@ def test_eight_workers_share_study(storage_url, study_name, cli_environment):
         ranked = sorted(finished, key=lambda t: (t.value, t.number))
         top = [t.number for t in ranked[: len(ranked) // 3]]
         assert parent.number in top, (child.number, parent.number, top)
+
+
+# Imports budgetsearch's CLI, reports ready, waits for the go file, then runs the command.
+STARTER = """
+import os, sys, time
+from budgetsearch import cli
+folder = sys.argv[1]
+open(os.path.join(folder, f"ready-{os.getpid()}"), "w").close()
+while not os.path.exists(os.path.join(folder, "go")):
+    time.sleep(0.001)
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_concurrent_create_of_one_study(storage_url, study_name, cli_environment, tmp_path):
+    # Hosts of an array job may all create the same new study at the same moment.
+    count = 8
+    command = ["create", SYNTHETIC_STUDY, "--storage", storage_url, "--study-name", study_name]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", STARTER, str(tmp_path), *command],
+            env=cli_environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(count)
+    ]
+    try:
+        deadline = time.time() + 120
+        while len(list(tmp_path.glob("ready-*"))) < count and time.time() < deadline:
+            time.sleep(0.05)
+        (tmp_path / "go").touch()
+        outputs = [process.communicate(timeout=120) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    errors = [stderr for _, stderr in outputs if stderr.strip()]
+    assert [process.returncode for process in processes] == [0] * count, errors
