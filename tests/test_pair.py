@@ -420,15 +420,19 @@ def test_joining_worker_uses_stored_base_sampler():
     assert plan_samplers == [optuna.samplers.RandomSampler]
 
 
-def test_retry_samples_parameters_lost_trial_missed(tmp_path):
-    # A worker lost between two suggest calls leaves a first trial with only some of the
-    # configuration's parameters. Its job's retry must still run.
-    storage = f"sqlite:///{tmp_path / 'lost.db'}"
+def study_with_fast_heartbeats(tmp_path):
+    """Return a study on SQLite whose claims are lost 0.2 s after their last heartbeat."""
     sampler = BudgetSampler(
         min_budget=1, max_budget=9, reduction_factor=3, total_budget=60, seed=1,
         send_heartbeats=True, heartbeat_interval=0.05, grace_period=0.2,
     )
-    study = optuna.create_study(storage=storage, sampler=sampler, pruner=BudgetPruner())
+    return optuna.create_study(storage=f"sqlite:///{tmp_path / 'lost.db'}", sampler=sampler, pruner=BudgetPruner())
+
+
+def test_retry_samples_parameters_lost_trial_missed(tmp_path):
+    # A worker lost between two suggest calls leaves a first trial with only some of the
+    # configuration's parameters. Its job's retry must still run.
+    study = study_with_fast_heartbeats(tmp_path)
     lost = study.ask()
     lost_x = lost.suggest_float("x", -2.0, 2.0)
     time.sleep(0.5)
@@ -451,12 +455,7 @@ def test_retry_samples_parameters_lost_trial_missed(tmp_path):
 
 
 def test_lost_trial_missing_parameter_checks_distribution(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'lost.db'}"
-    sampler = BudgetSampler(
-        min_budget=1, max_budget=9, reduction_factor=3, total_budget=60, seed=1,
-        send_heartbeats=True, heartbeat_interval=0.05, grace_period=0.2,
-    )
-    study = optuna.create_study(storage=storage, sampler=sampler, pruner=BudgetPruner())
+    study = study_with_fast_heartbeats(tmp_path)
     first = study.ask()
     first.suggest_float("x", -2.0, 2.0)
     time.sleep(0.5)
