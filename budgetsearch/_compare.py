@@ -572,7 +572,8 @@ def _write_markdown(out: str, results: Sequence[RunResult], methods: Sequence[Me
         "incumbent retrained on fresh seeds. "
         "Compute used counts every trial a run trained; no trial starts once B is reached, so trials that were "
         "running then may take a run past B. The last column is the compute at which a run's best value first "
-        "reached the mean of optuna-hyperband's final values, averaged over the seeds that reached it.",
+        "reached the mean of optuna-hyperband's final values, averaged over the seeds that reached it"
+        + ("." if target is not None else "; optuna-hyperband has no result here, so that column is n/a."),
         "",
         f"| method | seeds | best validation {metric} | incumbent median test value | diverged retrains | compute used | compute to reach optuna-hyperband's final value |",
         "|---|---|---|---|---|---|---|",
