@@ -314,8 +314,13 @@ def _run_path(out: str, name: str) -> str:
 def save_run(out: str, result: RunResult, conditions: Dict[str, Any]) -> None:
     """Write a run's result and the conditions it ran under to ``runs/NAME.json``."""
     path = _run_path(out, f"{result.method}-seed{result.seed}")
+    write_json(path, {"conditions": conditions, "result": dataclasses.asdict(result)})
+
+
+def write_json(path: str, data: Any) -> None:
+    """Write ``data`` to ``path`` through a temporary file, so a kill leaves the old file or the new one."""
     with open(path + ".tmp", "w") as file:
-        json.dump({"conditions": conditions, "result": dataclasses.asdict(result)}, file, indent=1)
+        json.dump(data, file, indent=1)
     os.replace(path + ".tmp", path)
 
 
@@ -371,7 +376,7 @@ def load_run(out: str, method: Method, seed: int) -> Optional[RunResult]:
 
 
 def discard_partial_run(out: str, name: str) -> None:
-    """Remove the storage, log and checkpoints of a run that was interrupted before it finished."""
+    """Remove the storage, log and checkpoints of a run (or measurement) interrupted before it finished."""
     runs = os.path.join(out, "runs")
     for suffix in (".db", ".db-shm", ".db-wal", ".db-journal", ".log"):
         path = os.path.join(runs, name + suffix)

@@ -1,4 +1,4 @@
-"""How well cheap measurements rank configurations, for ``budgetsearch compare --rank-correlation K``.
+"""Rank correlation of cheap measurements with the maximum-budget value, for ``budgetsearch compare --rank-correlation K``.
 
 K configurations are drawn at random from the study file's search space, and each is
 trained twice. The first run has the maximum budget and its schedule. Its reported
@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import optuna
 
-from budgetsearch._compare import FixedBudgetSampler
+from budgetsearch._compare import FixedBudgetSampler, discard_partial_run, write_json
 
 BOOTSTRAP_SAMPLES = 2000
 
@@ -107,14 +107,9 @@ def measure_or_load(study_file: Any, count: int, out: str, *, resume: bool) -> L
             saved = json.load(file)
         if saved["count"] == count:
             return saved["records"]
-    for suffix in (".db", ".db-shm", ".db-wal", ".db-journal"):
-        path = os.path.join(runs, "rank-correlation" + suffix)
-        if os.path.exists(path):
-            os.remove(path)
+    discard_partial_run(out, "rank-correlation")
     records = measure(study_file, count, out)
-    with open(saved_path + ".tmp", "w") as file:
-        json.dump({"count": count, "records": records}, file, indent=1)
-    os.replace(saved_path + ".tmp", saved_path)
+    write_json(saved_path, {"count": count, "records": records})
     return records
 
 

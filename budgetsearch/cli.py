@@ -230,7 +230,7 @@ def open_study(args: argparse.Namespace, study_file: Any, *, create: bool = True
         database = database_for(existing._storage)
         stored = load_settings(database, existing._study_id)
         # A process that created the study at the same moment may not have stored its
-        # settings yet; a study that has trials and no settings is not budgetsearch's.
+        # settings yet. A study that already has trials and no settings is not budgetsearch's.
         deadline = time.monotonic() + 10
         while stored is None and time.monotonic() < deadline and not existing.get_trials(deepcopy=False):
             time.sleep(0.2)
