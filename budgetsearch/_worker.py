@@ -151,6 +151,10 @@ def run_worker(
     and its job is released to the next attempt, so another worker runs it again.
     """
     sampler = BudgetSampler(use_stored_settings=True, send_heartbeats=True)
+    # Claims carry the worker's log name, so a lost trial's warning names the worker that ran
+    # it. The host and process id stay in the name because two hosts may use the same name.
+    if worker_id != sampler._worker:
+        sampler._worker = f"{worker_id} ({sampler._worker})"[:128]
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=BudgetPruner())
     settings = sampler.settings_for(study)
     database = database_for(study._storage)

@@ -840,7 +840,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = subparsers.add_parser("worker", help="join a study as one worker process, from any machine that reaches its database.")
     _add_study_flags(worker)
-    worker.add_argument("--worker-id", help="name of this worker in logs.")
+    worker.add_argument(
+        "--worker-id",
+        help="name of this worker in logs and in the warning about a trial it lost (default: HOST:PID).",
+    )
     worker.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     worker.set_defaults(handler=command_worker)
 

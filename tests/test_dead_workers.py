@@ -32,9 +32,9 @@ def claims(url, study_name):
         return connection.execute(sa.select(claims_table).where(claims_table.c.study_id == study._study_id)).all()
 
 
-def start_worker(environment, url, study_name):
+def start_worker(environment, url, study_name, *options):
     return subprocess.Popen(
-        budgetsearch_command("worker", SYNTHETIC_STUDY, "--storage", url, "--study-name", study_name),
+        budgetsearch_command("worker", SYNTHETIC_STUDY, "--storage", url, "--study-name", study_name, *options),
         env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -53,7 +53,7 @@ def test_killed_worker_job_runs_again(kill_storage_url, study_name, cli_environm
     )
     assert create.returncode == 0, create.stderr
 
-    victim = start_worker(cli_environment, kill_storage_url, study_name)
+    victim = start_worker(cli_environment, kill_storage_url, study_name, "--worker-id", "victim")
     deadline = time.time() + 60
     while time.time() < deadline and not any(row.state == "running" for row in claims(kill_storage_url, study_name)):
         time.sleep(0.1)
@@ -62,10 +62,13 @@ def test_killed_worker_job_runs_again(kill_storage_url, study_name, cli_environm
     victim.wait(timeout=30)
     killed = [row for row in claims(kill_storage_url, study_name) if row.state == "running"]
     assert len(killed) == 1
+    assert killed[0].worker.startswith("victim (")
 
     survivor = start_worker(cli_environment, kill_storage_url, study_name)
     _, stderr = survivor.communicate(timeout=300)
     assert survivor.returncode == 0, stderr
+    # The warning names the lost trial's worker as that worker's own log lines do.
+    assert f"Trial {killed[0].trial_number} of worker victim (" in stderr
     assert "sent no heartbeat" in stderr
 
     rows = claims(kill_storage_url, study_name)
