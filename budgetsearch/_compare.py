@@ -215,7 +215,7 @@ def run_baseline_worker(study_file: Any, storage: Any, study_name: str, method: 
     from budgetsearch._status import load_settings
 
     plain = optuna.load_study(study_name=study_name, storage=storage)
-    settings = load_settings(database_for(plain._storage), plain._study_id)
+    settings = load_settings(database_for(plain._storage), plain)
     assert settings is not None and settings.total_budget is not None
     from budgetsearch._sampler import make_base_sampler
 

@@ -33,7 +33,7 @@ def report_data(study: optuna.Study) -> Dict[str, Any]:
       budget spent so far and the best result at the highest rung reached so far.
     """
     database = database_for(study._storage)
-    settings = load_settings(database, study._study_id)
+    settings = load_settings(database, study)
     if settings is None:
         raise ValueError(f"study {study.study_name!r} has no budgetsearch settings: it was not created by budgetsearch.")
     rows = _claim_rows(database, study._study_id)

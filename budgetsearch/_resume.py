@@ -118,7 +118,7 @@ def _settings_for(trial: Any) -> Any:
     from budgetsearch._status import load_settings
 
     study = trial.study
-    settings = load_settings(database_for(study._storage), study._study_id)
+    settings = load_settings(database_for(study._storage), study)
     if settings is None:
         raise ValueError(
             f"trial {trial.number}'s study has no budgetsearch settings: create it with budgetsearch.BudgetSampler."

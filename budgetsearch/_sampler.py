@@ -430,7 +430,9 @@ class BudgetSampler(BaseSampler):
 
         def stored_text(connection: sa.engine.Connection) -> Optional[str]:
             return connection.execute(
-                sa.select(studies_table.c.settings).where(studies_table.c.study_id == study_id)
+                sa.select(studies_table.c.settings)
+                .where(studies_table.c.study_id == study_id)
+                .where(studies_table.c.study_name == study.study_name)
             ).scalar()
 
         def bind(connection: sa.engine.Connection) -> Union[str, StudySettings]:
@@ -438,12 +440,22 @@ class BudgetSampler(BaseSampler):
             # may import torch, which takes seconds, and the study's row stays locked until
             # the transaction ends.
             row = database.lock_study(connection, study_id)
-            if row is not None:
+            if row is not None and row.study_name == study.study_name:
                 return row.settings
             if requested is None:
                 raise ValueError(
                     f"study {study.study_name!r} has no budgetsearch settings stored: create it "
                     "with `budgetsearch run` or a BudgetSampler given its budgets."
+                )
+            if row is not None:
+                # Optuna's delete_study leaves budgetsearch's rows behind, and SQLite may give
+                # the next new study the deleted study's id.
+                removed = connection.execute(claims_table.delete().where(claims_table.c.study_id == study_id))
+                connection.execute(studies_table.delete().where(studies_table.c.study_id == study_id))
+                logger.warning(
+                    "Study %r reuses id %d of the deleted study %r: removed that study's budgetsearch "
+                    "settings and %d claims.",
+                    study.study_name, study_id, row.study_name, removed.rowcount,
                 )
             settings = requested
             if settings.seed is None:

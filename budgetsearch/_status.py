@@ -16,10 +16,18 @@ from budgetsearch._settings import StudySettings
 from budgetsearch._tables import StudyDatabase, claims_table, database_for, studies_table
 
 
-def load_settings(database: StudyDatabase, study_id: int) -> Optional[StudySettings]:
+def load_settings(database: StudyDatabase, study: optuna.Study) -> Optional[StudySettings]:
+    """Return the budgetsearch settings stored for ``study``, or None if it has none.
+
+    Settings stored under the study's id for another name belong to a deleted study whose id
+    was reused, so they count as none.
+    """
+
     def read(connection: sa.engine.Connection) -> Optional[str]:
         return connection.execute(
-            sa.select(studies_table.c.settings).where(studies_table.c.study_id == study_id)
+            sa.select(studies_table.c.settings)
+            .where(studies_table.c.study_id == study._study_id)
+            .where(studies_table.c.study_name == study.study_name)
         ).scalar()
 
     text = database.run(read)
@@ -36,7 +44,7 @@ def _claim_rows(database: StudyDatabase, study_id: int) -> List[Any]:
 def progress(study: optuna.Study) -> Dict[str, Any]:
     """Return a cheap progress snapshot from the claims table only."""
     database = database_for(study._storage)
-    settings = load_settings(database, study._study_id)
+    settings = load_settings(database, study)
     rows = _claim_rows(database, study._study_id)
     rungs = Counter(row.rung for row in rows if row.state in (COMPLETE, PRUNED))
     running = sum(1 for row in rows if row.state == RUNNING)
@@ -58,7 +66,7 @@ def progress(study: optuna.Study) -> Dict[str, Any]:
 def summary(study: optuna.Study) -> Dict[str, Any]:
     """Return the machine-readable summary that ``budgetsearch status --json`` prints."""
     database = database_for(study._storage)
-    settings = load_settings(database, study._study_id)
+    settings = load_settings(database, study)
     if settings is None:
         raise ValueError(
             f"study {study.study_name!r} has no budgetsearch settings: it was not created by budgetsearch."

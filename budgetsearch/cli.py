@@ -228,13 +228,13 @@ def open_study(args: argparse.Namespace, study_file: Any, *, create: bool = True
 
     if existing is not None:
         database = database_for(existing._storage)
-        stored = load_settings(database, existing._study_id)
+        stored = load_settings(database, existing)
         # A process that created the study at the same moment may not have stored its
         # settings yet. A study that already has trials and no settings is not budgetsearch's.
         deadline = time.monotonic() + 10
         while stored is None and time.monotonic() < deadline and not existing.get_trials(deepcopy=False):
             time.sleep(0.2)
-            stored = load_settings(database, existing._study_id)
+            stored = load_settings(database, existing)
         if stored is None:
             raise UsageError(
                 f"study {study_name!r} exists in {mask_url(args.storage)} but was not created by "

@@ -469,3 +469,21 @@ def test_lost_trial_missing_parameter_checks_distribution(tmp_path):
     third.suggest_float("x", -2.0, 2.0)
     with pytest.raises(ValueError, match="asks for parameter 'k' with .*but configuration 0 was sampled with"):
         third.suggest_int("k", 1, 8)
+
+
+def test_new_study_replaces_deleted_study_rows(tmp_path):
+    url = f"sqlite:///{tmp_path / 'reuse.db'}"
+    old = optuna.create_study(study_name="old", storage=url, sampler=BudgetSampler(1, 9, 3, total_budget=40, seed=0))
+    old.optimize(quadratic)
+    optuna.delete_study(study_name="old", storage=url)
+
+    new = optuna.create_study(study_name="new", storage=url, sampler=BudgetSampler(1, 9, 3, total_budget=80, seed=0))
+    # SQLite gives the new study the id of the deleted newest study, which budgetsearch's tables still use.
+    assert new._study_id == old._study_id
+    new.optimize(quadratic)
+
+    report = summary(new)
+    assert report["total_budget"] == 80
+    assert report["budget_reserved"] > 40
+    assert report["budget_reserved"] <= 80
+    assert report["budget_spent"] == sum(t.user_attrs[ATTR + "budget"] for t in jobs(new))
