@@ -15,13 +15,17 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tupl
 
 from budgetsearch._ladder import Ladder
 
-# Claim states. A claim is RUNNING until its trial ends; LOST marks a trial whose
-# worker stopped before it ended, which releases the job to the next attempt.
+# Claim states. A claim is RUNNING until its trial ends. LOST marks a trial whose worker died
+# or stopped heartbeating, and INTERRUPTED a trial stopped by its worker's SIGINT or SIGTERM.
+# Both release the job to the next attempt. Only LOST attempts count against max_retries, so
+# a job that preemptions keep stopping still runs again.
 RUNNING = "running"
 COMPLETE = "complete"
 PRUNED = "pruned"
 FAILED = "failed"
 LOST = "lost"
+INTERRUPTED = "interrupted"
+RELEASED = (LOST, INTERRUPTED)
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,7 @@ class ClaimIndex:
         if claim.attempt in attempts:
             raise ValueError(f"claim {claim} duplicates attempt {claim.attempt} of its job.")
         attempts[claim.attempt] = claim
-        if claim.state == LOST:
+        if claim.state in RELEASED:
             self._lost_jobs.add((claim.config, claim.rung))
         cell = (claim.bracket, claim.rung)
         if claim.state == COMPLETE:
@@ -177,7 +181,7 @@ class ClaimIndex:
         del attempts[claim.attempt]
         if not attempts:
             del self._attempts[job]
-        if claim.state == LOST and not any(c.state == LOST for c in attempts.values()):
+        if claim.state in RELEASED and not any(c.state in RELEASED for c in attempts.values()):
             self._lost_jobs.discard(job)
         cell = (claim.bracket, claim.rung)
         if claim.state == COMPLETE:
@@ -249,7 +253,8 @@ class ClaimIndex:
         for job in self._lost_jobs:
             attempts = self._attempts[job]
             latest = attempts[max(attempts)]
-            if latest.state == LOST and latest.attempt < max_retries:
+            retries = sum(1 for claim in attempts.values() if claim.state == LOST)
+            if latest.state in RELEASED and retries <= max_retries:
                 lost.append(latest)
         if not lost:
             return None

@@ -309,7 +309,8 @@ class BudgetSampler(BaseSampler):
             ``"qmc"``, an Optuna sampler (copied and reseeded for each trial) or a
             function from a seed to a sampler.
         seed: The study's seed; ``None`` draws one when the study is created.
-        max_retries: How many times a job whose worker was lost runs again.
+        max_retries: How many times a job whose worker died or stopped heartbeating runs
+            again. A job whose worker SIGINT or SIGTERM stopped runs again without counting.
         n_min: The base sampler learns from the largest rung with at least this many
             results; ``None`` means the number of parameters plus one.
         artifact_dir: Folder of the trunk checkpoints in resume mode (default

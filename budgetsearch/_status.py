@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from budgetsearch import _attrs
-from budgetsearch._jobs import COMPLETE, FAILED, LOST, PRUNED, RUNNING
+from budgetsearch._jobs import COMPLETE, FAILED, PRUNED, RELEASED, RUNNING
 from budgetsearch._settings import StudySettings
 from budgetsearch._tables import StudyDatabase, claims_table, database_for, studies_table
 
@@ -89,7 +89,7 @@ def summary(study: optuna.Study) -> Dict[str, Any]:
     for row in rows:
         if row.spent is not None:
             spent += row.spent
-        elif row.state in (RUNNING, LOST):
+        elif row.state == RUNNING or row.state in RELEASED:
             trial = by_number.get(row.trial_number)
             if trial is not None and trial.intermediate_values:
                 spent += max(0, min(max(trial.intermediate_values), row.budget) - row.start_step)
@@ -105,7 +105,7 @@ def summary(study: optuna.Study) -> Dict[str, Any]:
                 "complete": sum(1 for row in at_rung if row.state == COMPLETE),
                 "pruned": sum(1 for row in at_rung if row.state == PRUNED),
                 "failed": sum(1 for row in at_rung if row.state == FAILED),
-                "lost": sum(1 for row in at_rung if row.state == LOST),
+                "lost": sum(1 for row in at_rung if row.state in RELEASED),
                 "running": sum(1 for row in at_rung if row.state == RUNNING),
                 "promoted": len({row.config for row in at_rung} & above),
             }

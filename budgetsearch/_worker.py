@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from budgetsearch import _attrs
-from budgetsearch._jobs import LOST, RUNNING
+from budgetsearch._jobs import INTERRUPTED, RUNNING
 from budgetsearch._pruner import BudgetPruner
 from budgetsearch._sampler import BudgetSampler
 from budgetsearch._tables import DatabaseUnavailableError, claims_table, database_for
@@ -200,7 +200,7 @@ def run_worker(
                 logger.error("%s", report.stopped_by_error)
                 break
             if outcome == "lost":
-                _mark_lost(database, study._study_id, trial.number)
+                _mark_interrupted(database, study._study_id, trial.number)
                 report.lost += 1
                 report.stopped_by_signal = stop.signal_number
                 break
@@ -309,7 +309,7 @@ def _running_claims(database: Any, study_id: int) -> int:
     return database.run(count)
 
 
-def _mark_lost(database: Any, study_id: int, trial_number: int) -> None:
+def _mark_interrupted(database: Any, study_id: int, trial_number: int) -> None:
     def update(connection: sa.engine.Connection) -> None:
         sequence = database.next_sequence(connection, study_id)
         connection.execute(
@@ -317,7 +317,7 @@ def _mark_lost(database: Any, study_id: int, trial_number: int) -> None:
             .where(claims_table.c.study_id == study_id)
             .where(claims_table.c.trial_number == trial_number)
             # The next attempt reserves the job's budget again, so this one keeps only what it trained.
-            .values(state=LOST, reserved=sa.func.coalesce(claims_table.c.spent, 0), finished_sequence=sequence)
+            .values(state=INTERRUPTED, reserved=sa.func.coalesce(claims_table.c.spent, 0), finished_sequence=sequence)
         )
 
     database.run(update)

@@ -786,7 +786,10 @@ def _add_study_flags(parser: argparse.ArgumentParser, *, runs_trials: bool = Tru
     group.add_argument("--warmup", type=_non_negative_int, help="learning-rate warm-up, in the budget unit.")
     group.add_argument("--budget-unit", choices=BUDGET_UNITS, help="unit of every budget.")
     group.add_argument(
-        "--max-retries", type=_non_negative_int, help="extra attempts of a job whose worker was lost (default 2)."
+        "--max-retries",
+        type=_non_negative_int,
+        help="extra attempts of a job whose worker died or stopped heartbeating (default 2); "
+        "a job whose worker SIGINT or SIGTERM stopped runs again without counting.",
     )
     group.add_argument("--heartbeat-interval", type=_positive_seconds, help="seconds between a worker's heartbeats (default 10).")
     group.add_argument(

@@ -229,11 +229,11 @@ def test_faulty_objective_fails_only_its_trial(sqlite_url, cli_environment):
     assert "diverged at x=" in result.stderr
 
 
-def test_sigterm_releases_job_to_next_attempt(sqlite_url, cli_environment):
+def test_sigterm_releases_job_without_using_retry(sqlite_url, cli_environment):
     cli_environment["FAULTY_SECONDS_PER_UNIT"] = "1.0"
     create = run_cli(
         cli_environment, "run", FAULTY_STUDY, "--storage", sqlite_url, "--study-name", "k", "--n-trials", "1",
-        "--timeout", "0.001",
+        "--timeout", "0.001", "--max-retries", "0",
     )
     assert create.returncode == 0, create.stderr
     worker = subprocess.Popen(
@@ -260,6 +260,10 @@ def test_sigterm_releases_job_to_next_attempt(sqlite_url, cli_environment):
     assert retried[0].user_attrs["budgetsearch:config"] == first.user_attrs["budgetsearch:config"]
     assert retried[0].user_attrs["budgetsearch:attempt"] == 1
     assert retried[0].params == first.params
+    # The job ran again with --max-retries 0: an attempt that a signal stopped does not count.
+    status = snapshot(sqlite_url, "k")
+    assert status["rungs"][0]["lost"] == 1
+    assert status["rungs"][0]["complete"] == 1
 
 
 def test_help_of_every_command(cli_environment):

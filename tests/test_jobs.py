@@ -6,6 +6,7 @@ from budgetsearch import Ladder
 from budgetsearch._jobs import (
     COMPLETE,
     FAILED,
+    INTERRUPTED,
     LOST,
     PRUNED,
     RUNNING,
@@ -116,6 +117,19 @@ def test_lost_job_runs_again_up_to_max_retries():
     assert job.config is None
 
 
+def test_interrupted_attempts_do_not_count():
+    claims = [claim(0, value=1.0), claim(1, value=2.0), claim(2, value=3.0)]
+    claims += [claim(3 + attempt, INTERRUPTED, rung=1, config=0, attempt=attempt) for attempt in range(3)]
+    job = next_job(claims, LADDER, "minimize", max_retries=0)
+    assert (job.config, job.rung, job.attempt) == (0, 1, 3)
+
+    claims.append(claim(6, LOST, rung=1, config=0, attempt=3))
+    job = next_job(claims, LADDER, "minimize", max_retries=1)
+    assert (job.config, job.rung, job.attempt) == (0, 1, 4)
+    job = next_job(claims, LADDER, "minimize", max_retries=0)
+    assert job.config is None
+
+
 def test_bracket_sizes_follow_hyperband():
     assert bracket_sizes(Ladder(1, 27, 3)) == [27, 12, 6, 4]
     assert bracket_sizes(Ladder(1, 81, 3)) == [81, 34, 15, 8, 5]
@@ -187,11 +201,11 @@ def test_updated_index_matches_fresh_index():
         index = ClaimIndex(direction)
         for number in range(400):
             # Change a running or lost claim, or add one.
-            open_ids = [key for key, c in current.items() if c.state in (RUNNING, LOST)]
+            open_ids = [key for key, c in current.items() if c.state in (RUNNING, LOST, INTERRUPTED)]
             if open_ids and rng.random() < 0.5:
                 key = rng.choice(open_ids)
                 old = current[key]
-                state = rng.choice([COMPLETE, COMPLETE, PRUNED, FAILED, LOST])
+                state = rng.choice([COMPLETE, COMPLETE, PRUNED, FAILED, LOST, INTERRUPTED])
                 value = rng.choice([0.1, 0.5, 0.9, rng.random()]) if state == COMPLETE else None
                 new = Claim(**{**old.__dict__, "state": state, "value": value})
                 index.remove(old)
