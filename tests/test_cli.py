@@ -341,6 +341,16 @@ def test_worker_stops_after_repeated_identical_failures(sqlite_url, cli_environm
     assert status["budget_reserved"] == 3
 
 
+def test_worker_stops_after_repeated_wrong_returns(sqlite_url, cli_environment):
+    study = os.path.join(os.path.dirname(SYNTHETIC_STUDY), "wrong_return.py")
+    result = run_cli(cli_environment, "run", study, "--storage", sqlite_url, "--study-name", "r", "--workers", "1")
+    assert result.returncode == 1
+    assert "its last 3 trials failed with the same error: the objective returned a str, not a finite number" in result.stderr
+    status = snapshot(sqlite_url, "r")
+    assert status["trials"]["fail"] == 3
+    assert status["budget_reserved"] == 3
+
+
 def test_worker_does_not_create_missing_study(sqlite_url, cli_environment):
     optuna.create_study(study_name="other", storage=sqlite_url)
     result = run_cli(cli_environment, "worker", SYNTHETIC_STUDY, "--storage", sqlite_url, "--study-name", "typo")
