@@ -252,8 +252,8 @@ def _run_trial(
         )
         outcome = "failed" if _tell(study, trial, worker_id, state=TrialState.FAIL) is not None else "discarded"
         # The same text for every such value of one type, so that a repeated wrong return stops the worker.
-        shown = repr(value) if isinstance(value, float) else f"a {type(value).__name__}"
-        return outcome, f"the objective returned {shown}, not a finite number"
+        returned = repr(value) if isinstance(value, float) else f"a {type(value).__name__}"
+        return outcome, f"the objective returned {returned}, not a finite number"
     frozen = _tell(study, trial, worker_id, value)
     if frozen is None:
         return "discarded", None
