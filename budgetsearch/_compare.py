@@ -354,7 +354,7 @@ def check_saved_runs(out: str, conditions: Dict[str, Any]) -> None:
             continue
         saved = _read_saved_run(os.path.join(runs, name))
         differences = [
-            f"{CONDITION_FLAGS.get(key, key)} {saved['conditions'].get(key)!r} (now {value!r})"
+            f"{CONDITION_FLAGS.get(key, key)} {_condition_text(saved['conditions'].get(key))} (now {_condition_text(value)})"
             for key, value in conditions.items()
             if saved["conditions"].get(key) != value
         ]
@@ -363,6 +363,10 @@ def check_saved_runs(out: str, conditions: Dict[str, Any]) -> None:
                 f"--resume: run {name[:-len('.json')]} in {out!r} was made with {', '.join(differences)}: "
                 "resume with the same values, or pick an empty --out folder."
             )
+
+
+def _condition_text(value: Any) -> str:
+    return "unset" if value is None else repr(value)
 
 
 def load_run(out: str, method: Method, seed: int) -> Optional[RunResult]:
@@ -640,7 +644,10 @@ def _plot_anytime(out: str, results: Sequence[RunResult], methods: Sequence[Meth
     axes.set_xlabel("compute spent (study budget units)")
     axes.set_ylabel(f"best validation {metric} at the maximum budget")
     axes.set_xlim(0, total_budget)
-    axes.legend()
+    if axes.get_lines():
+        axes.legend()
+    else:
+        axes.text(0.5, 0.5, "no method has a result at the maximum budget", ha="center", transform=axes.transAxes)
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(os.path.join(out, "anytime.png"), dpi=120)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,10 +89,25 @@ def mask_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
-        return "<an invalid URL>"
+        # Hide what would be a password in a URL that SQLAlchemy cannot parse.
+        return repr(re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url))
     if parsed.password is None:
         return url
     return parsed.render_as_string(hide_password=True)
+
+
+def _storage_url(text: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(text)
+    except (ArgumentError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"{mask_url(text)} (from --storage or ${STORAGE_ENVIRONMENT_VARIABLE}) is not a database URL: "
+            f"give one such as {DEFAULT_STORAGE} or postgresql+psycopg://USER@HOST/DATABASE"
+        ) from None
+    return text
 
 
 def _mask_in(text: str, url: str) -> str:
@@ -220,6 +236,10 @@ def open_study(args: argparse.Namespace, study_file: Any, *, create: bool = True
         raise UsageError(invalid)
 
     storage = open_storage(args.storage, args.db_wait)
+    if args.study_name is not None and not args.study_name.strip():
+        raise UsageError(
+            f"--study-name {args.study_name!r} is empty: give a name, or leave the flag out to use the study file's name."
+        )
     study_name = args.study_name or study_file.default_study_name
     try:
         existing = optuna.load_study(study_name=study_name, storage=storage)
@@ -419,6 +439,10 @@ def _print_progress(study: Any, started: float) -> None:
     sys.stdout.flush()
 
 
+# Labels of the summary's trial counts that differ from Optuna's state names.
+TRIAL_STATE_LABELS = {"fail": "failed", "no_job": "pruned without a job"}
+
+
 def _print_summary(data: Dict[str, Any], elapsed: Optional[float] = None) -> None:
     lines = [
         f"Study {data['study_name']!r}: {data['direction']} {data['metric']}, {data['algorithm']} in "
@@ -427,7 +451,9 @@ def _print_summary(data: Dict[str, Any], elapsed: Optional[float] = None) -> Non
         f"{data['total_budget'] if data['total_budget'] is not None else 'unlimited'}; spent {data['budget_spent']}."
         + ("" if elapsed is None else f" Wall-clock time {elapsed:.0f} s."),
         # Optuna's trial states: a lost trial is failed there, and a trial that got no job is pruned.
-        "Optuna trials: " + ", ".join(f"{count} {state}" for state, count in data["trials"].items() if count),
+        "Optuna trials: " + (", ".join(
+            f"{count} {TRIAL_STATE_LABELS.get(state, state)}" for state, count in data["trials"].items() if count
+        ) or "none"),
         f"{'rung':>4} {'budget':>8} {'complete':>8} {'pruned':>6} {'failed':>6} {'lost':>4} {'running':>7} {'promoted':>8}",
     ]
     for rung in data["rungs"]:
@@ -475,7 +501,8 @@ def command_create(args: argparse.Namespace) -> int:
     study, settings = open_study(args, study_file)
     print(
         f"Study {study.study_name!r} in {mask_url(args.storage)}: ladder {list(settings.ladder.budgets)} "
-        f"{settings.budget_unit}, total budget {settings.total_budget}, {settings.algorithm} in {settings.mode} mode. "
+        f"{settings.budget_unit}, total budget {settings.total_budget if settings.total_budget is not None else 'unlimited'}, "
+        f"{settings.algorithm} in {settings.mode} mode. "
         "Start workers with `budgetsearch worker`."
     )
     return 0
@@ -633,11 +660,7 @@ def _compare_runs(
                     print(f"compare: {name}: kept the finished search, retraining its incumbent ...", flush=True)
                 _compare.retrain(args.study_file, study_file, result, args.retrain_seeds, defaults.max_budget, args.workers)
                 _compare.save_run(args.out, result, conditions)
-                print(
-                    f"compare: {method.name}, seed {seed}: best {result.best_value}, compute {result.compute:.0f}, "
-                    f"test {result.test_values}, {result.wall_seconds:.0f} s",
-                    flush=True,
-                )
+                print(f"compare: {method.name}, seed {seed}: {_run_line(result)}", flush=True)
             results.append(result)
             _compare.write_outputs(args.out, results, methods, total_budget, defaults.direction, defaults.metric)
     written = "results.csv, results.md and anytime.png"
@@ -653,6 +676,20 @@ def _compare_runs(
         )
         written += ", rank_correlation.csv, rank_correlation.md and rank_correlation.png"
     print(f"compare: wrote {written} in {args.out}")
+
+
+def _run_line(result: Any) -> str:
+    """Return the progress line of one finished comparison run."""
+    if result.best_value is None:
+        return (
+            f"no trial reached the maximum budget within the total budget, compute {result.compute:.0f}, "
+            f"{result.wall_seconds:.0f} s"
+        )
+    values = ", ".join(f"{value:.4g}" for value in result.test_values)
+    return (
+        f"best {result.best_value:.4g}, compute {result.compute:.0f}, test values [{values}], "
+        f"{result.wall_seconds:.0f} s"
+    )
 
 
 def command_compare_worker(args: argparse.Namespace) -> int:
@@ -738,7 +775,9 @@ def command_db(args: argparse.Namespace) -> int:
 def _add_storage(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage",
-        default=os.environ.get(STORAGE_ENVIRONMENT_VARIABLE, DEFAULT_STORAGE),
+        type=_storage_url,
+        # An empty variable counts as unset.
+        default=os.environ.get(STORAGE_ENVIRONMENT_VARIABLE) or DEFAULT_STORAGE,
         help=f"SQLAlchemy URL of the study database (default: ${STORAGE_ENVIRONMENT_VARIABLE} or {DEFAULT_STORAGE}).",
     )
 

@@ -365,6 +365,7 @@ def test_worker_does_not_create_missing_study(sqlite_url, cli_environment):
     [
         (["--seed", "-1"], "seed=-1 is invalid"),
         (["--devices", ""], "--devices is empty"),
+        (["--study-name", " "], "--study-name ' ' is empty"),
     ],
 )
 def test_invalid_flags_create_nothing(args, message, sqlite_url, cli_environment):
@@ -372,6 +373,27 @@ def test_invalid_flags_create_nothing(args, message, sqlite_url, cli_environment
     assert result.returncode == 2
     assert message in result.stderr
     assert not os.path.exists(sqlite_url[len("sqlite:///"):]) or not optuna.get_all_study_summaries(sqlite_url)
+
+
+@pytest.mark.parametrize(
+    "url,shown",
+    [("notaurl", "'notaurl'"), ("postgresql://user:secret@host:port/db", "'postgresql://user:***@host:port/db'")],
+)
+def test_invalid_storage_url_is_named_masked(url, shown, cli_environment):
+    result = run_cli(cli_environment, "status", "--storage", url, "--study-name", "x")
+    assert result.returncode == 2
+    assert f"{shown} (from --storage or $BUDGETSEARCH_STORAGE) is not a database URL" in result.stderr
+    assert "secret" not in result.stderr
+
+
+def test_empty_storage_variable_means_default(tmp_path, cli_environment):
+    cli_environment["BUDGETSEARCH_STORAGE"] = ""
+    result = subprocess.run(
+        budgetsearch_command("status", "--study-name", "x"), env=cli_environment, capture_output=True, text=True,
+        cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "storage sqlite:///budgetsearch.db not found" in result.stderr
 
 
 def test_report_out_must_be_a_folder(sqlite_url, tmp_path, cli_environment):

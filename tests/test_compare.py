@@ -233,3 +233,15 @@ def test_rank_summary_over_all_and_better_half():
     # The better half by full-budget value (0.6, 0.5, 0.4) is ranked 0.5, 0.6, 0.1 by truncation.
     assert table["truncated"]["better half"][3] == 3
     assert abs(table["truncated"]["better half"][0] - 0.5) < 1e-12
+
+
+def test_progress_line_without_and_with_result():
+    from budgetsearch.cli import _run_line
+
+    empty = RunResult(method="asha", seed=0, storage="sqlite://", wall_seconds=6.2, compute=200)
+    assert _run_line(empty) == "no trial reached the maximum budget within the total budget, compute 200, 6 s"
+    found = RunResult(
+        method="asha", seed=0, storage="sqlite://", wall_seconds=86, best_value=0.98375, compute=67250,
+        test_values=[0.967, float("nan")],
+    )
+    assert _run_line(found) == "best 0.9838, compute 67250, test values [0.967, nan], 86 s"
