@@ -534,6 +534,14 @@ def command_worker(args: argparse.Namespace) -> int:
     if report.stopped_by_signal:
         # The shell's convention: 130 after SIGINT, 143 after SIGTERM.
         return 128 + report.stopped_by_signal
+    if not (report.complete or report.pruned or report.failed or report.lost) and (
+        deadline is None or time.time() < deadline
+    ):
+        print(
+            f"budgetsearch worker: study {study.study_name!r} has no job left that fits its total budget "
+            "or trial limit, so this worker ran no trial. `budgetsearch status` shows its progress.",
+            file=sys.stderr,
+        )
     return 0
 
 

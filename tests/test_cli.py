@@ -351,6 +351,14 @@ def test_worker_stops_after_repeated_wrong_returns(sqlite_url, cli_environment):
     assert status["budget_reserved"] == 3
 
 
+def test_worker_on_finished_study_says_why(sqlite_url, cli_environment):
+    done = run_cli(cli_environment, "run", SYNTHETIC_STUDY, "--storage", sqlite_url, "--study-name", "d", "--total-budget", "20")
+    assert done.returncode == 0, done.stderr
+    result = run_cli(cli_environment, "worker", SYNTHETIC_STUDY, "--storage", sqlite_url, "--study-name", "d")
+    assert result.returncode == 0
+    assert "study 'd' has no job left that fits its total budget or trial limit" in result.stderr
+
+
 def test_worker_does_not_create_missing_study(sqlite_url, cli_environment):
     optuna.create_study(study_name="other", storage=sqlite_url)
     result = run_cli(cli_environment, "worker", SYNTHETIC_STUDY, "--storage", sqlite_url, "--study-name", "typo")
