@@ -220,15 +220,29 @@ def best_params(storage: str, study_name: str) -> dict:
     import optuna
 
     from budgetsearch._status import summary
+    from budgetsearch.cli import _study_may_exist, mask_url
 
+    if not _study_may_exist(storage):
+        raise SystemExit(f"storage {mask_url(storage)} not found: pass the --storage URL of study {study_name!r}.")
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
-        raise SystemExit(f"study {study_name!r} not found in {storage}: check --study-name and --storage.") from None
+        raise SystemExit(f"study {study_name!r} not found in {mask_url(storage)}: check --study-name and --storage.") from None
     best = summary(study)["best"]
     if best is None:
-        raise SystemExit(f"study {study_name!r} in {storage} has no complete result yet.")
+        raise SystemExit(f"study {study_name!r} in {mask_url(storage)} has no complete result yet.")
     return best["params"]
+
+
+def positive_int(text: str) -> int:
+    """Parse a command-line count that must be a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not positive: give 1 or more")
+    return value
 
 
 def main(
@@ -246,13 +260,20 @@ def main(
     weight_decay and batch_size of a configuration.
     """
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--storage", help="storage URL of a finished study whose best configuration to train.")
-    parser.add_argument("--study-name", help="name of that study.")
-    parser.add_argument("--seeds", type=int, default=1, help="number of training seeds, from 0 (default 1).")
+    parser.add_argument(
+        "--storage",
+        help="storage URL of the study named by --study-name (default: $BUDGETSEARCH_STORAGE or sqlite:///budgetsearch.db).",
+    )
+    parser.add_argument("--study-name", help="name of a finished study whose best configuration to train.")
+    parser.add_argument("--seeds", type=positive_int, default=1, help="number of training seeds, from 0 (default 1).")
     args = parser.parse_args()
-    if (args.storage is None) != (args.study_name is None):
-        parser.error("--storage and --study-name go together.")
-    params = default_params if args.storage is None else best_params(args.storage, args.study_name)
+    if args.storage is not None and args.study_name is None:
+        parser.error("--storage needs --study-name: name the study whose best configuration to train.")
+    if args.study_name is None:
+        params = default_params
+    else:
+        storage = args.storage or os.environ.get("BUDGETSEARCH_STORAGE") or "sqlite:///budgetsearch.db"
+        params = best_params(storage, args.study_name)
     print(f"params: {params}, budget: {budget} steps, linear decay to 0")
     data = load_data()
     for seed in range(args.seeds):

@@ -101,7 +101,7 @@ def data_folder(root: Optional[str] = None) -> Path:
         f"test_batch (torchvision's format). It never downloads them: on a machine with internet access, get "
         f"cifar-10-python.tar.gz from {DOWNLOAD_PAGE} and extract it into {base}, or run "
         f"`python -c \"import torchvision; torchvision.datasets.CIFAR10('{base}', download=True)\"`. "
-        "Then point BUDGETSEARCH_CIFAR10_DIR (or --data-dir) at that folder."
+        "Then set BUDGETSEARCH_CIFAR10_DIR to that folder (`python studies/cifar10_resnet.py` also takes --data-dir)."
     )
 
 
@@ -370,18 +370,26 @@ def objective(trial: optuna.Trial) -> float:
 
 
 if __name__ == "__main__":
+    from _tensor_training import best_params, positive_int
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="folder of cifar-10-batches-py (default: $BUDGETSEARCH_CIFAR10_DIR).")
-    parser.add_argument("--storage", help="storage URL of a finished study whose best configuration to train.")
-    parser.add_argument("--study-name", help="name of that study.")
-    parser.add_argument("--epochs", type=int, default=DEFAULTS.max_budget)
+    parser.add_argument(
+        "--storage",
+        help="storage URL of the study named by --study-name (default: $BUDGETSEARCH_STORAGE or sqlite:///budgetsearch.db).",
+    )
+    parser.add_argument("--study-name", help="name of a finished study whose best configuration to train.")
+    parser.add_argument("--epochs", type=positive_int, default=DEFAULTS.max_budget, help="epochs to train (default: the maximum budget).")
     args = parser.parse_args()
+    if args.storage is not None and args.study_name is None:
+        parser.error("--storage needs --study-name: name the study whose best configuration to train.")
     params = DEFAULT_PARAMS
-    if args.storage:
-        from _tensor_training import best_params
-
-        params = best_params(args.storage, args.study_name)
+    if args.study_name is not None:
+        params = best_params(args.storage or os.environ.get("BUDGETSEARCH_STORAGE") or "sqlite:///budgetsearch.db", args.study_name)
     device = budgetsearch.trial_device()
-    splits = load_data(args.data_dir)
+    try:
+        splits = load_data(args.data_dir)
+    except MissingDataError as error:
+        raise SystemExit(f"{parser.prog}: error: {error}") from None
     print(f"params: {params}, {args.epochs} epochs on {device}, linear decay to 0")
     print(f"test accuracy: {measure_test_accuracy(params, args.epochs, device=device, data=splits):.4f}")

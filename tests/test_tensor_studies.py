@@ -89,3 +89,25 @@ def test_digits_resumed_chain_equals_uninterrupted_run(data_dir, tmp_path):
         assert value == trial.value
         resumed_from = trial.user_attrs[ATTR + "resumed_from_step"]
         assert [r for r in reports if r[0] > resumed_from] == sorted(trial.intermediate_values.items())
+
+
+@pytest.mark.parametrize(
+    "args,status,message",
+    [
+        (["--seeds", "0"], 2, "argument --seeds: '0' is not positive: give 1 or more"),
+        (["--storage", "sqlite:///x.db"], 2, "--storage needs --study-name"),
+        (["--study-name", "missing"], 1, "storage sqlite:///budgetsearch.db not found"),
+    ],
+)
+def test_study_script_rejects_bad_arguments(args, status, message, tmp_path):
+    import subprocess
+    import sys
+
+    environment = {key: value for key, value in os.environ.items() if key != "BUDGETSEARCH_STORAGE"}
+    result = subprocess.run(
+        [sys.executable, os.path.join(STUDIES, "digits_mlp.py"), *args],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == status
+    assert message in result.stderr
+    assert os.listdir(tmp_path) == []
