@@ -68,6 +68,16 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 1: give a fraction such as 0.2")
+    return value
+
+
 def _non_negative_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -232,6 +242,13 @@ def open_study(args: argparse.Namespace, study_file: Any, *, create: bool = True
         settings = study_file.defaults.resolve(**explicit)
     except ValueError as error:
         invalid = str(error)
+        given = [flag for flag in ("--decay-fraction", "--decay-shape") if getattr(args, flag[2:].replace("-", "_"), None) is not None]
+        if given and invalid.startswith("unknown option"):
+            flags = " and ".join(given)
+            invalid = (
+                f"{flags} {'applies' if len(given) == 1 else 'apply'} only to the wsd schedule, which this study "
+                f"does not use: add --schedule wsd (or --mode resume, which uses it), or drop {flags}."
+            )
     if invalid is not None and not _study_may_exist(args.storage):
         raise UsageError(invalid)
 
@@ -811,7 +828,7 @@ def _add_study_flags(parser: argparse.ArgumentParser, *, runs_trials: bool = Tru
         "continues its parent's trunk checkpoint (wsd schedule).",
     )
     group.add_argument(
-        "--decay-fraction", type=float, help="wsd schedule: fraction of each budget spent decaying, in (0, 1); default 0.2."
+        "--decay-fraction", type=_fraction, help="wsd schedule: fraction of each budget spent decaying, in (0, 1); default 0.2."
     )
     group.add_argument("--decay-shape", choices=("linear", "sqrt"), help="wsd schedule: shape of the decay to 0.")
     group.add_argument("--artifact-dir", help="resume mode: folder of the trunk checkpoints (default: ./budgetsearch-artifacts).")

@@ -113,10 +113,7 @@ BAD_NEW_STUDY_FLAGS = [
     (["--min-budget", "30", "--max-budget", "27"], "min_budget=30 is invalid"),
     (["--total-budget", "1", "--min-budget", "2"], "total_budget=1 is invalid"),
     (["--mode", "resume", "--schedule", "cosine"], "schedule='cosine' is invalid with mode='resume'"),
-    (["--mode", "resume", "--decay-fraction", "1.0"], "decay_fraction=1.0"),
-    (["--mode", "resume", "--decay-fraction", "0"], "decay_fraction=0"),
     (["--mode", "resume", "--min-budget", "5", "--warmup", "4"], "warmup=4 is invalid in resume mode"),
-    (["--schedule", "wsd", "--decay-fraction", "-0.5"], "decay_fraction=-0.5"),
 ]
 
 
@@ -374,6 +371,11 @@ def test_worker_does_not_create_missing_study(sqlite_url, cli_environment):
         (["--seed", "-1"], "seed=-1 is invalid"),
         (["--devices", ""], "--devices is empty"),
         (["--study-name", " "], "--study-name ' ' is empty"),
+        (["--decay-fraction", "0.5"], "--decay-fraction applies only to the wsd schedule"),
+        (["--schedule", "cosine", "--decay-shape", "sqrt"], "--decay-shape applies only to the wsd schedule"),
+        (["--mode", "resume", "--decay-fraction", "1.0"], "'1.0' is not between 0 and 1: give a fraction such as 0.2"),
+        (["--mode", "resume", "--decay-fraction", "0"], "'0' is not between 0 and 1"),
+        (["--schedule", "wsd", "--decay-fraction", "-0.5"], "'-0.5' is not between 0 and 1"),
     ],
 )
 def test_invalid_flags_create_nothing(args, message, sqlite_url, cli_environment):
