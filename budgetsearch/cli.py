@@ -242,11 +242,11 @@ def open_study(args: argparse.Namespace, study_file: Any, *, create: bool = True
         settings = study_file.defaults.resolve(**explicit)
     except ValueError as error:
         invalid = str(error)
-        given = [flag for flag in ("--decay-fraction", "--decay-shape") if getattr(args, flag[2:].replace("-", "_"), None) is not None]
-        if given and invalid.startswith("unknown option"):
-            flags = " and ".join(given)
+        wsd_flags = [flag for flag in ("--decay-fraction", "--decay-shape") if getattr(args, flag[2:].replace("-", "_"), None) is not None]
+        if wsd_flags and invalid.startswith("unknown option"):
+            flags = " and ".join(wsd_flags)
             invalid = (
-                f"{flags} {'applies' if len(given) == 1 else 'apply'} only to the wsd schedule, which this study "
+                f"{flags} {'applies' if len(wsd_flags) == 1 else 'apply'} only to the wsd schedule, which this study "
                 f"does not use: add --schedule wsd (or --mode resume, which uses it), or drop {flags}."
             )
     if invalid is not None and not _study_may_exist(args.storage):
