@@ -203,6 +203,10 @@ def make_base_sampler(spec: BaseSamplerSpec, seed: int) -> BaseSampler:
             )
         return sampler
     if spec == "tpe":
+        # NOTE: TPE samples at random until its view holds 10 trials (Optuna's n_startup_trials),
+        # while the view moves to a higher rung once that rung has n_min results, parameters + 1
+        # by default. In a small study with few parameters TPE may therefore never leave its
+        # random start.
         return optuna.samplers.TPESampler(seed=seed)
     if spec == "random":
         return optuna.samplers.RandomSampler(seed=seed)
