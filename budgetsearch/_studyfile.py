@@ -30,6 +30,8 @@ class StudyFile:
 
 def load_study_file(path: str) -> StudyFile:
     """Import the study file at ``path`` and check that it defines ``objective`` and ``DEFAULTS``."""
+    if os.path.isdir(path):
+        raise StudyFileError(f"study file {path!r} is a folder: pass the path of a Python file such as studies/mnist1d_cnn.py.")
     if not os.path.isfile(path):
         raise StudyFileError(f"study file {path!r} not found: pass the path of a Python file such as studies/mnist1d_cnn.py.")
     absolute = os.path.abspath(path)

@@ -158,6 +158,7 @@ def test_bad_flags_leave_study_untouched(finished_study, shared_url, cli_environ
         (os.path.join(HERE, "studies", "no_defaults.py"), "no DEFAULTS"),
         (os.path.join(HERE, "studies", "no_objective.py"), "no objective"),
         ("missing_study.py", "'missing_study.py' not found"),
+        (HERE, f"study file {HERE!r} is a folder"),
     ],
 )
 def test_bad_study_file(study_file, named, sqlite_url, cli_environment):
