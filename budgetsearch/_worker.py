@@ -225,7 +225,8 @@ def _run_trial(
     try:
         stop.in_objective = True
         if stop.requested:
-            raise WorkerStopped("a stop request")
+            # The signal arrived while the trial was claimed, before its objective started.
+            raise WorkerStopped(signal.Signals(stop.signal_number).name if stop.signal_number else "a stop request")
         try:
             value = objective(trial)
         finally:
