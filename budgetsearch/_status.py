@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from typing import Any, Dict, List, Optional
 
@@ -125,6 +126,11 @@ def summary(study: optuna.Study) -> Dict[str, Any]:
             }
         )
     resumed = sum(1 for trial in trials if _attrs.RESUMED_FROM_STEP in trial.user_attrs)
+    now = time.time()
+    stale = sum(
+        1 for row in rows
+        if row.state == RUNNING and row.heartbeat_at is not None and now - row.heartbeat_at > settings.grace_period
+    )
 
     return {
         "study_name": study.study_name,
@@ -145,6 +151,9 @@ def summary(study: optuna.Study) -> Dict[str, Any]:
         "rungs": rungs,
         "brackets": brackets,
         "resumed": resumed,
+        # Running trials whose heartbeat is older than the grace period; the next worker
+        # that requests a job declares them lost.
+        "stale_running": stale,
         "duplicate_jobs": duplicate_jobs(trials),
         "best": best_result(trials, settings),
     }

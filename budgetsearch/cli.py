@@ -484,6 +484,11 @@ def _print_summary(data: Dict[str, Any], elapsed: Optional[float] = None) -> Non
             lines.append(f"Bracket {bracket['bracket']}: {bracket['configurations']} configurations; results {results}.")
     if data["mode"] == "resume":
         lines.append(f"Trials that continued a parent's trunk checkpoint: {data['resumed']}.")
+    if data["stale_running"]:
+        lines.append(
+            f"Running trials without a heartbeat for the grace period: {data['stale_running']}. Their workers are "
+            "likely gone, and the next worker that requests a job declares them lost."
+        )
     best = data["best"]
     if best is None:
         lines.append("Best: no complete trial yet.")

@@ -64,6 +64,14 @@ def test_killed_worker_job_runs_again(kill_storage_url, study_name, cli_environm
     assert len(killed) == 1
     assert killed[0].worker.startswith("victim (")
 
+    # Once the grace period has passed, the status shows the killed worker's trial as stale.
+    time.sleep(max(0.0, killed[0].heartbeat_at + 2.5 - time.time()))
+    stale = subprocess.run(
+        budgetsearch_command("status", "--storage", kill_storage_url, "--study-name", study_name),
+        env=cli_environment, capture_output=True, text=True, timeout=120,
+    )
+    assert "Running trials without a heartbeat for the grace period: 1." in stale.stdout
+
     survivor = start_worker(cli_environment, kill_storage_url, study_name)
     _, stderr = survivor.communicate(timeout=300)
     assert survivor.returncode == 0, stderr
