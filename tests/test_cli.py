@@ -261,7 +261,8 @@ def test_sigterm_releases_job_without_using_retry(sqlite_url, cli_environment):
     # The job ran again with --max-retries 0: an attempt that a signal stopped does not count.
     status = snapshot(sqlite_url, "k")
     assert status["rungs"][0]["lost"] == 1
-    assert status["rungs"][0]["complete"] == 1
+    # The faulty objective fails some parameter values for good, so the retry may fail too.
+    assert status["rungs"][0]["complete"] + status["rungs"][0]["failed"] == 1
 
 
 def test_help_of_every_command(cli_environment):
