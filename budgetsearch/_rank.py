@@ -56,6 +56,15 @@ def bootstrap_interval(xs: Sequence[float], ys: Sequence[float], seed: int = 0) 
     return float(low), float(high)
 
 
+# The measurement stops when this many configurations in a row fail with one error
+# before their first report, as a worker does.
+REPEATED_ERRORS = 3
+
+
+class MeasurementError(RuntimeError):
+    """A rank-correlation measurement that cannot go on, such as an objective that always raises."""
+
+
 def measure(study_file: Any, count: int, out: str, seed: int = 0) -> List[Dict[str, Any]]:
     """Train ``count`` random configurations at both budgets; return one record per configuration."""
     from budgetsearch._sampler import BudgetSampler
@@ -75,13 +84,34 @@ def measure(study_file: Any, count: int, out: str, seed: int = 0) -> List[Dict[s
         study_name=names["small"], storage=storage, pruner=optuna.pruners.NopPruner(),
         sampler=FixedBudgetSampler(optuna.samplers.RandomSampler(seed=seed), settings, budget=settings.min_budget),
     )
+    raised: Dict[int, str] = {}
+
+    def objective(trial: optuna.trial.Trial) -> Any:
+        try:
+            return study_file.objective(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as error:
+            raised[trial._trial_id] = f"{type(error).__name__}: {error}"
+            raise
+
     records = []
+    errors: List[str] = []
     for index in range(count):
-        full.optimize(study_file.objective, n_trials=1, catch=(Exception,))
+        full.optimize(objective, n_trials=1, catch=(Exception,))
         trial = full.get_trials(deepcopy=False)[-1]
         small.enqueue_trial(trial.params)
-        small.optimize(study_file.objective, n_trials=1, catch=(Exception,))
+        small.optimize(objective, n_trials=1, catch=(Exception,))
         cheap = small.get_trials(deepcopy=False)[-1]
+        # A configuration that raised before its first report points to a broken set-up,
+        # not to a diverged run, so the same error three times in a row stops the measurement.
+        error = None if trial.intermediate_values else raised.get(trial._trial_id)
+        errors = errors + [error] if error is not None else []
+        if len(errors) >= REPEATED_ERRORS and len(set(errors[-REPEATED_ERRORS:])) == 1:
+            raise MeasurementError(
+                f"the rank correlation stopped: its last {REPEATED_ERRORS} configurations failed with the same "
+                f"error before their first report: {errors[-1]}"
+            )
         records.append(
             {
                 "config": index,

@@ -578,7 +578,9 @@ def _make_folder(path: str, flag: str) -> None:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from budgetsearch import _compare
+    # Every module the comparison uses is imported now, so that a comparison that runs for
+    # hours keeps one version of the package even if its files change meanwhile.
+    from budgetsearch import _compare, _objective, _rank, _resume, _sampler, _status, schedules  # noqa: F401
     from budgetsearch._studyfile import load_study_file
 
     try:
@@ -642,6 +644,9 @@ def command_compare(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 128 + signal_number
+    except _rank.MeasurementError as error:
+        print(f"budgetsearch: error: {error}. Fix it, then run the same command with --resume.", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
     return 0

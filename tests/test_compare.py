@@ -245,3 +245,14 @@ def test_progress_line_without_and_with_result():
         test_values=[0.967, float("nan")],
     )
     assert _run_line(found) == "best 0.9838, compute 67250, test values [0.967, nan], 86 s"
+
+
+def test_rank_correlation_stops_on_repeated_error(tmp_path):
+    from budgetsearch._rank import MeasurementError, measure
+    from budgetsearch._studyfile import load_study_file
+
+    study_file = load_study_file(os.path.join(HERE, "studies", "missing_data.py"))
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(MeasurementError, match="last 3 configurations failed with the same error before their first report: "
+                       "FileNotFoundError: data not found in /nonexistent/data"):
+        measure(study_file, 10, str(tmp_path))
