@@ -154,7 +154,13 @@ def summarize(records: List[Dict[str, Any]], direction: str) -> Dict[str, Dict[s
     finite = [r for r in records if all(math.isfinite(r[key]) for key in ("full_budget", "truncated", "first_rung_fitted"))]
     sign = -1.0 if direction == "maximize" else 1.0
     ranked = sorted(finite, key=lambda r: sign * r["full_budget"])
-    groups = {"all": finite, "better half": ranked[: len(ranked) // 2]}
+    # The better half takes every configuration tied with its last member, so that the
+    # order of tied configurations does not decide which of them count.
+    better: List[Dict[str, Any]] = []
+    if len(ranked) >= 2:
+        cutoff = sign * ranked[len(ranked) // 2 - 1]["full_budget"]
+        better = [r for r in ranked if sign * r["full_budget"] <= cutoff]
+    groups = {"all": finite, "better half": better}
     table: Dict[str, Dict[str, Tuple[float, float, float, int]]] = {}
     for measurement in ("truncated", "first_rung_fitted"):
         table[measurement] = {}
@@ -184,7 +190,8 @@ def write(out: str, records: List[Dict[str, Any]], direction: str, metric: str, 
         "",
         f"{len(records)} random configurations; {settings_text}. Spearman's correlation with the "
         f"maximum-budget {metric}, with a 95% bootstrap interval ({BOOTSTRAP_SAMPLES} resamples). "
-        f"{diverged} configuration(s) with a non-finite value are left out.",
+        f"{diverged} configuration(s) with a non-finite value are left out. The better half holds the "
+        "half with the best maximum-budget values and every configuration tied with the last of them.",
         "",
         "| measurement | all configurations | better half by maximum-budget value |",
         "|---|---|---|",

@@ -235,6 +235,22 @@ def test_rank_summary_over_all_and_better_half():
     assert abs(table["truncated"]["better half"][0] - 0.5) < 1e-12
 
 
+def test_rank_better_half_keeps_ties():
+    from budgetsearch._rank import summarize
+
+    # The third and fourth best tie, so the better half of six holds four configurations,
+    # whichever order the tied two come in.
+    rows = [(0.1, 0.1, 0.1), (0.2, 0.2, 0.2), (0.5, 0.3, 0.4), (0.5, 0.4, 0.3), (0.7, 0.5, 0.5), (0.9, 0.6, 0.6)]
+    tables = []
+    for order in (rows, rows[::-1]):
+        records = [{"full_budget": full, "truncated": truncated, "first_rung_fitted": fitted} for full, truncated, fitted in order]
+        tables.append(summarize(records, "maximize"))
+    for table in tables:
+        assert table["truncated"]["better half"][3] == 4
+        assert table["first_rung_fitted"]["better half"][3] == 4
+    assert tables[0]["truncated"]["better half"][0] == tables[1]["truncated"]["better half"][0]
+
+
 def test_progress_line_without_and_with_result():
     from budgetsearch.cli import _run_line
 
