@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import budgetsearch
+from budgetsearch.cli import _positive_int as positive_int
 
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
@@ -232,17 +233,6 @@ def best_params(storage: str, study_name: str) -> dict:
     if best is None:
         raise SystemExit(f"study {study_name!r} in {mask_url(storage)} has no complete result yet.")
     return best["params"]
-
-
-def positive_int(text: str) -> int:
-    """Parse a command-line count that must be a positive integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not positive: give 1 or more")
-    return value
 
 
 def main(

@@ -327,25 +327,20 @@ def test_devices_auto_runs_on_cpu_here(sqlite_url, cli_environment):
     assert "on cpu" in result.stdout
 
 
-MISSING_DATA_STUDY = os.path.join(os.path.dirname(SYNTHETIC_STUDY), "missing_data.py")
-
-
-def test_worker_stops_after_repeated_identical_failures(sqlite_url, cli_environment):
-    result = run_cli(cli_environment, "run", MISSING_DATA_STUDY, "--storage", sqlite_url, "--study-name", "m", "--workers", "1")
+@pytest.mark.parametrize(
+    "study_name,error",
+    [
+        ("missing_data.py", "FileNotFoundError: data not found in /nonexistent/data"),
+        ("wrong_return.py", "the objective returned a str, not a finite number"),
+    ],
+)
+def test_worker_stops_after_repeated_identical_failures(study_name, error, sqlite_url, cli_environment):
+    study = os.path.join(os.path.dirname(SYNTHETIC_STUDY), study_name)
+    result = run_cli(cli_environment, "run", study, "--storage", sqlite_url, "--study-name", "m", "--workers", "1")
     assert result.returncode == 1
-    assert "its last 3 trials failed with the same error: FileNotFoundError: data not found in /nonexistent/data" in result.stderr
+    assert f"its last 3 trials failed with the same error: {error}" in result.stderr
     status = snapshot(sqlite_url, "m")
     # Three trials of budget 1 failed; the rest of the budget is left for a fixed set-up.
-    assert status["trials"]["fail"] == 3
-    assert status["budget_reserved"] == 3
-
-
-def test_worker_stops_after_repeated_wrong_returns(sqlite_url, cli_environment):
-    study = os.path.join(os.path.dirname(SYNTHETIC_STUDY), "wrong_return.py")
-    result = run_cli(cli_environment, "run", study, "--storage", sqlite_url, "--study-name", "r", "--workers", "1")
-    assert result.returncode == 1
-    assert "its last 3 trials failed with the same error: the objective returned a str, not a finite number" in result.stderr
-    status = snapshot(sqlite_url, "r")
     assert status["trials"]["fail"] == 3
     assert status["budget_reserved"] == 3
 

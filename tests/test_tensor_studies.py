@@ -94,7 +94,7 @@ def test_digits_resumed_chain_equals_uninterrupted_run(data_dir, tmp_path):
 @pytest.mark.parametrize(
     "args,status,message",
     [
-        (["--seeds", "0"], 2, "argument --seeds: '0' is not positive: give 1 or more"),
+        (["--seeds", "0"], 2, "argument --seeds: '0' is not positive: give a positive integer"),
         (["--storage", "sqlite:///x.db"], 2, "--storage needs --study-name"),
         (["--study-name", "missing"], 1, "storage sqlite:///budgetsearch.db not found"),
     ],
