@@ -30,7 +30,14 @@ from budgetsearch import _attrs
 from budgetsearch._jobs import COMPLETE, FAILED, LOST, PRUNED, RUNNING, Claim, ClaimIndex, Job
 from budgetsearch._resume import check_artifact_dir
 from budgetsearch._settings import StudySettings
-from budgetsearch._tables import StudyDatabase, claims_table, database_for, studies_table
+from budgetsearch._tables import (
+    SETTINGS_MARKER,
+    StudyDatabase,
+    claims_table,
+    database_for,
+    settings_row_is_current,
+    studies_table,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +210,7 @@ def make_base_sampler(spec: BaseSamplerSpec, seed: int) -> BaseSampler:
             )
         return sampler
     if spec == "tpe":
-        # NOTE: TPE samples at random until its view holds 10 trials (Optuna's n_startup_trials),
+        # NOTE: TPE samples at random until its view contains 10 trials (Optuna's n_startup_trials),
         # while the view moves to a higher rung once that rung has n_min results, parameters + 1
         # by default. In a small study with few parameters TPE may therefore never leave its
         # random start.
@@ -410,7 +417,8 @@ class BudgetSampler(BaseSampler):
             self._given_settings = None
         if not use_stored_settings:
             _check_base_sampler(self._base_spec)
-        self._bindings: Dict[int, _Binding] = {}
+        # Keyed by study id and name: a study re-created under another name may get a deleted study's id.
+        self._bindings: Dict[Tuple[int, str], _Binding] = {}
         self._lock = threading.Lock()
         self._worker = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -423,7 +431,7 @@ class BudgetSampler(BaseSampler):
     def _bind(self, study: Study) -> _Binding:
         study_id = study._study_id
         with self._lock:
-            binding = self._bindings.get(study_id)
+            binding = self._bindings.get((study_id, study.study_name))
         if binding is not None:
             return binding
 
@@ -433,20 +441,19 @@ class BudgetSampler(BaseSampler):
             raise ValueError("budgetsearch supports single-objective studies only.")
         requested = self._requested_settings(direction)
 
-        def stored_text(connection: sa.engine.Connection) -> Optional[str]:
-            return connection.execute(
-                sa.select(studies_table.c.settings)
-                .where(studies_table.c.study_id == study_id)
-                .where(studies_table.c.study_name == study.study_name)
-            ).scalar()
+        marker = study._storage.get_study_system_attrs(study_id).get(SETTINGS_MARKER)
 
-        def bind(connection: sa.engine.Connection) -> Union[str, StudySettings]:
+        def stored_text(connection: sa.engine.Connection) -> Optional[Tuple[str, float]]:
+            row = connection.execute(sa.select(studies_table).where(studies_table.c.study_id == study_id)).first()
+            return (row.settings, row.created_at) if settings_row_is_current(connection, study, row, marker) else None
+
+        def bind(connection: sa.engine.Connection) -> Tuple[Union[str, StudySettings], float]:
             # Stored settings are returned as text and parsed after the transaction: parsing
             # may import torch, which takes seconds, and the study's row stays locked until
             # the transaction ends.
             row = database.lock_study(connection, study_id)
-            if row is not None and row.study_name == study.study_name:
-                return row.settings
+            if settings_row_is_current(connection, study, row, marker):
+                return row.settings, row.created_at
             if requested is None:
                 raise ValueError(
                     f"study {study.study_name!r} has no budgetsearch settings stored: create it "
@@ -465,21 +472,25 @@ class BudgetSampler(BaseSampler):
             settings = requested
             if settings.seed is None:
                 settings = dataclasses.replace(settings, seed=_fresh_seed())
+            created_at = _now()
             connection.execute(
                 studies_table.insert().values(
                     study_id=study_id,
                     study_name=study.study_name,
                     settings=settings.to_json(),
-                    created_at=_now(),
+                    created_at=created_at,
                     sequence=0,
                 )
             )
-            return settings
+            return settings, created_at
 
         # Joining a study reads its settings without the lock; only creating them locks.
-        found = database.run(stored_text)
-        if found is None:
-            found = database.run(bind)
+        stored = database.run(stored_text)
+        if stored is None:
+            stored = database.run(bind)
+        found, created_at = stored
+        if marker is None:
+            study._storage.set_study_system_attr(study_id, SETTINGS_MARKER, created_at)
         if isinstance(found, str):
             settings = StudySettings.from_json(found)
             if requested is not None:
@@ -498,8 +509,8 @@ class BudgetSampler(BaseSampler):
             )
         binding = _Binding(database=database, settings=settings, claims=_ClaimCache(settings.direction))
         with self._lock:
-            self._bindings.setdefault(study_id, binding)
-            return self._bindings[study_id]
+            self._bindings.setdefault((study_id, study.study_name), binding)
+            return self._bindings[(study_id, study.study_name)]
 
     def _requested_settings(self, direction: str) -> Optional[StudySettings]:
         if self._use_stored:

@@ -14,22 +14,26 @@ from optuna.trial import TrialState
 from budgetsearch import _attrs
 from budgetsearch._jobs import COMPLETE, FAILED, PRUNED, RELEASED, RUNNING
 from budgetsearch._settings import StudySettings
-from budgetsearch._tables import StudyDatabase, claims_table, database_for, studies_table
+from budgetsearch._tables import (
+    SETTINGS_MARKER,
+    StudyDatabase,
+    claims_table,
+    database_for,
+    settings_row_is_current,
+    studies_table,
+)
 
 
 def load_settings(database: StudyDatabase, study: optuna.Study) -> Optional[StudySettings]:
     """Return the budgetsearch settings stored for ``study``, or None if it has none.
 
-    Settings stored under the study's id for another name belong to a deleted study whose id
-    was reused, so they count as none.
+    Settings stored under the study's id by a deleted study whose id was reused count as none.
     """
+    marker = study._storage.get_study_system_attrs(study._study_id).get(SETTINGS_MARKER)
 
     def read(connection: sa.engine.Connection) -> Optional[str]:
-        return connection.execute(
-            sa.select(studies_table.c.settings)
-            .where(studies_table.c.study_id == study._study_id)
-            .where(studies_table.c.study_name == study.study_name)
-        ).scalar()
+        row = connection.execute(sa.select(studies_table).where(studies_table.c.study_id == study._study_id)).first()
+        return row.settings if settings_row_is_current(connection, study, row, marker) else None
 
     text = database.run(read)
     return None if text is None else StudySettings.from_json(text)

@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, TypeVar
+from typing import Any, Callable, Dict, Iterator, Optional, TypeVar
 
 import sqlalchemy as sa
 from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
@@ -98,6 +98,31 @@ claims_table = sa.Table(
 _VERSION_3_INDEXES = ("ix_budgetsearch_claims_state", "ix_budgetsearch_claims_finished", "ix_budgetsearch_claims_trial")
 
 T = TypeVar("T")
+
+# A study system attribute that ties an Optuna study to its budgetsearch settings row, holding
+# the row's created_at. SQLite gives a re-created study the id of a deleted one, often with the
+# same name, so only this attribute distinguishes the new study from the deleted one.
+SETTINGS_MARKER = "budgetsearch:settings_created_at"
+
+
+def settings_row_is_current(connection: Connection, study: Any, row: Any, marker: Optional[float]) -> bool:
+    """Return whether ``row`` of budgetsearch_studies belongs to ``study``, not to a deleted study with its id.
+
+    ``marker`` is the study's SETTINGS_MARKER attribute, or None if it has none.
+    """
+    if row is None or row.study_name != study.study_name:
+        return False
+    if marker is not None:
+        return marker == row.created_at
+    # The row was stored before the marker existed, or its creator stopped before setting it.
+    # It is the study's own if every claim names one of the study's trials.
+    claims = connection.execute(
+        sa.select(claims_table.c.trial_id, claims_table.c.trial_number).where(claims_table.c.study_id == row.study_id)
+    ).all()
+    if not claims:
+        return True
+    numbers = {trial._trial_id: trial.number for trial in study._storage.get_all_trials(study._study_id, deepcopy=False)}
+    return all(numbers.get(claim.trial_id) == claim.trial_number for claim in claims)
 
 
 def retry_table_creation(create: Callable[[], T], tries: int = 5) -> T:

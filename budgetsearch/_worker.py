@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from budgetsearch import _attrs
-from budgetsearch._jobs import INTERRUPTED, RUNNING
+from budgetsearch._jobs import FAILED, INTERRUPTED, RUNNING
 from budgetsearch._pruner import BudgetPruner
 from budgetsearch._sampler import BudgetSampler
 from budgetsearch._tables import DatabaseUnavailableError, claims_table, database_for
@@ -320,6 +320,8 @@ def _mark_interrupted(database: Any, study_id: int, trial_number: int) -> None:
             claims_table.update()
             .where(claims_table.c.study_id == study_id)
             .where(claims_table.c.trial_number == trial_number)
+            # A claim another worker already declared lost stays lost, so it still counts as a retry.
+            .where(claims_table.c.state.in_((RUNNING, FAILED)))
             # The next attempt reserves the job's budget again, so this one keeps only what it trained.
             .values(state=INTERRUPTED, reserved=sa.func.coalesce(claims_table.c.spent, 0), finished_sequence=sequence)
         )

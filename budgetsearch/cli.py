@@ -100,7 +100,7 @@ def mask_url(url: str) -> str:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
         # Hide what would be a password in a URL that SQLAlchemy cannot parse.
-        return repr(re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url))
+        return repr(re.sub(r"(^|/)([^:/@]*):[^@/]*@", r"\1\2:***@", url))
     if parsed.password is None:
         return url
     return parsed.render_as_string(hide_password=True)
@@ -148,7 +148,7 @@ def open_storage(url: str, db_wait: float = 0.0) -> Any:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
         raise UsageError(
-            f"storage URL {mask_url(url)!r} is invalid: use an SQLAlchemy URL such as "
+            f"storage URL {mask_url(url)} is invalid: use an SQLAlchemy URL such as "
             "sqlite:///budgetsearch.db or postgresql+psycopg://user@host/db."
         ) from None
 
@@ -233,6 +233,10 @@ def open_study(args: argparse.Namespace, study_file: Any, *, create: bool = True
     from budgetsearch._status import load_settings
     from budgetsearch._tables import database_for
 
+    if args.study_name is not None and not args.study_name.strip():
+        raise UsageError(
+            f"--study-name {args.study_name!r} is empty: give a name, or leave the flag out to use the study file's name."
+        )
     explicit = _explicit_settings(args, study_file.defaults)
     # Invalid settings are reported before the storage is touched, unless the study
     # exists: then a flag that contradicts its stored settings is the error to report.
@@ -243,7 +247,7 @@ def open_study(args: argparse.Namespace, study_file: Any, *, create: bool = True
     except ValueError as error:
         invalid = str(error)
         wsd_flags = [flag for flag in ("--decay-fraction", "--decay-shape") if getattr(args, flag[2:].replace("-", "_"), None) is not None]
-        if wsd_flags and invalid.startswith("unknown option"):
+        if any(f"'{flag[2:].replace('-', '_')}'" in invalid for flag in wsd_flags) and invalid.startswith("unknown option"):
             flags = " and ".join(wsd_flags)
             invalid = (
                 f"{flags} {'applies' if len(wsd_flags) == 1 else 'apply'} only to the wsd schedule, which this study "
@@ -253,10 +257,6 @@ def open_study(args: argparse.Namespace, study_file: Any, *, create: bool = True
         raise UsageError(invalid)
 
     storage = open_storage(args.storage, args.db_wait)
-    if args.study_name is not None and not args.study_name.strip():
-        raise UsageError(
-            f"--study-name {args.study_name!r} is empty: give a name, or leave the flag out to use the study file's name."
-        )
     study_name = args.study_name or study_file.default_study_name
     try:
         existing = optuna.load_study(study_name=study_name, storage=storage)
@@ -321,7 +321,7 @@ def _study_may_exist(url: str) -> bool:
 
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return False
     if parsed.get_backend_name() != "sqlite":
         return True
@@ -578,8 +578,8 @@ def _make_folder(path: str, flag: str) -> None:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    # Every module the comparison uses is imported now, so that a comparison that runs for
-    # hours keeps one version of the package even if its files change meanwhile.
+    # Every module this process uses is imported now, so that a comparison that runs for hours
+    # does not mix two versions of the package if its files change meanwhile.
     from budgetsearch import _compare, _objective, _rank, _resume, _sampler, _status, schedules  # noqa: F401
     from budgetsearch._studyfile import load_study_file
 
@@ -721,10 +721,8 @@ def _run_line(result: Any) -> str:
             f"{result.wall_seconds:.0f} s"
         )
     values = ", ".join(f"{value:.4g}" for value in result.test_values)
-    return (
-        f"best {result.best_value:.4g}, compute {result.compute:.0f}, test values [{values}], "
-        f"{result.wall_seconds:.0f} s"
-    )
+    tests = f"test values [{values}]" if values else "no test values (the study file has no test_value)"
+    return f"best {result.best_value:.4g}, compute {result.compute:.0f}, {tests}, {result.wall_seconds:.0f} s"
 
 
 def command_compare_worker(args: argparse.Namespace) -> int:

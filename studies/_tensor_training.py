@@ -255,7 +255,7 @@ def main(
         help="storage URL of the study named by --study-name (default: $BUDGETSEARCH_STORAGE or sqlite:///budgetsearch.db).",
     )
     parser.add_argument("--study-name", help="name of a finished study whose best configuration to train.")
-    parser.add_argument("--seeds", type=positive_int, default=1, help="number of training seeds, from 0 (default 1).")
+    parser.add_argument("--seeds", type=positive_int, default=1, help="number of training seeds; seeds 0 to N-1 are trained (default 1).")
     args = parser.parse_args()
     if args.storage is not None and args.study_name is None:
         parser.error("--storage needs --study-name: name the study whose best configuration to train.")

@@ -261,6 +261,8 @@ def test_progress_line_without_and_with_result():
         test_values=[0.967, float("nan")],
     )
     assert _run_line(found) == "best 0.9838, compute 67250, test values [0.967, nan], 86 s"
+    untested = RunResult(method="asha", seed=0, storage="sqlite://", wall_seconds=86, best_value=0.5, compute=100)
+    assert _run_line(untested) == "best 0.5, compute 100, no test values (the study file has no test_value), 86 s"
 
 
 def test_rank_correlation_stops_on_repeated_error(tmp_path):

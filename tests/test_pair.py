@@ -7,6 +7,7 @@ from collections import Counter
 
 import optuna
 import pytest
+import sqlalchemy as sa
 
 import budgetsearch
 import budgetsearch._tables
@@ -471,13 +472,14 @@ def test_lost_trial_missing_parameter_checks_distribution(tmp_path):
         third.suggest_int("k", 1, 8)
 
 
-def test_new_study_replaces_deleted_study_rows(tmp_path):
+@pytest.mark.parametrize("new_name", ["old", "new"])
+def test_new_study_replaces_deleted_study_rows(new_name, tmp_path):
     url = f"sqlite:///{tmp_path / 'reuse.db'}"
     old = optuna.create_study(study_name="old", storage=url, sampler=BudgetSampler(1, 9, 3, total_budget=40, seed=0))
     old.optimize(quadratic)
     optuna.delete_study(study_name="old", storage=url)
 
-    new = optuna.create_study(study_name="new", storage=url, sampler=BudgetSampler(1, 9, 3, total_budget=80, seed=0))
+    new = optuna.create_study(study_name=new_name, storage=url, sampler=BudgetSampler(1, 9, 3, total_budget=80, seed=0))
     # SQLite gives the new study the id of the deleted newest study, which budgetsearch's tables still use.
     assert new._study_id == old._study_id
     new.optimize(quadratic)
@@ -487,3 +489,20 @@ def test_new_study_replaces_deleted_study_rows(tmp_path):
     assert report["budget_reserved"] > 40
     assert report["budget_reserved"] <= 80
     assert report["budget_spent"] == sum(t.user_attrs[ATTR + "budget"] for t in jobs(new))
+
+
+def test_settings_stored_without_marker_stay(tmp_path):
+    url = f"sqlite:///{tmp_path / 'legacy.db'}"
+    study = optuna.create_study(study_name="s", storage=url, sampler=BudgetSampler(1, 9, 3, total_budget=40, seed=0))
+    study.optimize(quadratic, n_trials=5)
+    # A study stored before budgetsearch marked its Optuna study has no marker attribute.
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DELETE FROM study_system_attributes WHERE key = 'budgetsearch:settings_created_at'"))
+    engine.dispose()
+
+    again = optuna.load_study(study_name="s", storage=url, sampler=BudgetSampler(use_stored_settings=True))
+    again.optimize(quadratic, n_trials=5)
+    assert summary(again)["budget_reserved"] == sum(t.user_attrs[ATTR + "budget"] for t in jobs(again))
+    assert len(jobs(again)) == 10
+    assert "budgetsearch:settings_created_at" in again._storage.get_study_system_attrs(again._study_id)

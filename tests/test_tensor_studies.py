@@ -97,6 +97,7 @@ def test_digits_resumed_chain_equals_uninterrupted_run(data_dir, tmp_path):
         (["--seeds", "0"], 2, "argument --seeds: '0' is not positive: give a positive integer"),
         (["--storage", "sqlite:///x.db"], 2, "--storage needs --study-name"),
         (["--study-name", "missing"], 1, "storage sqlite:///budgetsearch.db not found"),
+        (["--study-name", "x", "--storage", "postgresql://u:secret@h:bad/db"], 1, "storage 'postgresql://u:***@h:bad/db' not found"),
     ],
 )
 def test_study_script_rejects_bad_arguments(args, status, message, tmp_path):
