@@ -11,7 +11,8 @@ from optuna.storages import RDBStorage
 
 from budgetsearch._tables import DEFAULT_DB_WAIT, Outage, is_disconnect, network_connect_args, retry_table_creation
 
-# The storage calls that reach the database, including the one Optuna's cache uses.
+# The storage calls that reach the database, including the private ones that Optuna's
+# cache (_CachedStorage, which wraps every RDB storage of a study) calls directly.
 _RETRIED = (
     "create_new_study",
     "delete_study",
@@ -41,6 +42,10 @@ _RETRIED = (
     "get_best_trial",
     "record_heartbeat",
     "_get_trials",
+    "_create_new_trial",
+    "_set_trial_param",
+    "_get_best_trial_id",
+    "_get_stale_trial_ids",
 )
 
 

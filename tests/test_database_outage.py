@@ -141,3 +141,17 @@ def test_unreachable_database_raises_after_wait():
 def test_reconnecting_storage_rejects_negative_wait():
     with pytest.raises(ValueError, match="db_wait=-1"):
         ReconnectingStorage("sqlite://", db_wait=-1)
+
+
+def test_cached_storage_private_calls_retried():
+    import inspect
+    import re
+
+    from optuna.storages import _cached_storage
+
+    # Optuna's cache calls some private methods of the RDB storage directly; a server outage
+    # during one of them must be retried like the public calls.
+    called = set(re.findall(r"self\._backend\.(_\w+)\(", inspect.getsource(_cached_storage)))
+    assert "_create_new_trial" in called
+    for name in called:
+        assert name in ReconnectingStorage.__dict__, name
