@@ -149,8 +149,8 @@ def test_cached_storage_private_calls_retried():
 
     from optuna.storages import _cached_storage
 
-    # Optuna's cache calls some private methods of the RDB storage directly; a server outage
-    # during one of them must be retried like the public calls.
+    # Optuna's cache calls some private methods of the RDB storage directly, so a server
+    # outage during one of them must be retried like the public calls.
     called = set(re.findall(r"self\._backend\.(_\w+)\(", inspect.getsource(_cached_storage)))
     assert "_create_new_trial" in called
     for name in called:
