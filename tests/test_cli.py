@@ -410,3 +410,21 @@ def test_report_out_must_be_a_folder(sqlite_url, tmp_path, cli_environment):
     result = run_cli(cli_environment, "report", "--storage", sqlite_url, "--study-name", "r", "--out", str(afile))
     assert result.returncode == 2
     assert "cannot be used as a folder" in result.stderr
+
+
+def test_decay_flag_with_leftover_option_names_it(tmp_path, sqlite_url, cli_environment):
+    study = tmp_path / "polynomial_study.py"
+    study.write_text(
+        "import budgetsearch\n"
+        "DEFAULTS = budgetsearch.StudyDefaults(direction='minimize', min_budget=1, max_budget=9, reduction_factor=3,\n"
+        "    schedule='polynomial', schedule_options={'power': 3.0})\n"
+        "def objective(trial):\n"
+        "    return budgetsearch.trial_budget(trial)\n"
+    )
+    result = run_cli(
+        cli_environment, "create", str(study), "--storage", sqlite_url, "--schedule", "wsd", "--decay-fraction", "0.3"
+    )
+    assert result.returncode == 2
+    # The wsd schedule is selected, so the error is the study file's polynomial option.
+    assert "unknown option 'power' for schedule 'wsd'" in result.stderr
+    assert "applies only to the wsd schedule" not in result.stderr

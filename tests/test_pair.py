@@ -506,3 +506,28 @@ def test_settings_stored_without_marker_stay(tmp_path):
     assert summary(again)["budget_reserved"] == sum(t.user_attrs[ATTR + "budget"] for t in jobs(again))
     assert len(jobs(again)) == 10
     assert "budgetsearch:settings_created_at" in again._storage.get_study_system_attrs(again._study_id)
+
+
+def test_interrupt_keeps_lost_claim_lost(tmp_path):
+    from budgetsearch._tables import claims_table, database_for
+    from budgetsearch._worker import _mark_interrupted
+
+    study = study_with_fast_heartbeats(tmp_path)
+    first = study.ask()
+    budgetsearch.trial_budget(first)
+    time.sleep(0.5)
+    # The next request declares the silent first trial lost, as another worker would.
+    second = study.ask()
+    budgetsearch.trial_budget(second)
+    database = database_for(study._storage)
+
+    def states(connection):
+        rows = connection.execute(sa.select(claims_table.c.trial_number, claims_table.c.state)).all()
+        return dict(rows)
+
+    assert database.run(states)[first.number] == "lost"
+    # The first trial's worker is stopped by a signal only now.
+    _mark_interrupted(database, study._study_id, first.number)
+    assert database.run(states)[first.number] == "lost"
+    _mark_interrupted(database, study._study_id, second.number)
+    assert database.run(states)[second.number] == "interrupted"
