@@ -34,7 +34,9 @@ from budgetsearch._tables import (
     SETTINGS_MARKER,
     StudyDatabase,
     claims_table,
+    current_settings_row,
     database_for,
+    settings_marker,
     settings_row_is_current,
     studies_table,
 )
@@ -441,11 +443,11 @@ class BudgetSampler(BaseSampler):
             raise ValueError("budgetsearch supports single-objective studies only.")
         requested = self._requested_settings(direction)
 
-        marker = study._storage.get_study_system_attrs(study_id).get(SETTINGS_MARKER)
+        marker = settings_marker(study)
 
         def stored_text(connection: sa.engine.Connection) -> Optional[Tuple[str, float]]:
-            row = connection.execute(sa.select(studies_table).where(studies_table.c.study_id == study_id)).first()
-            return (row.settings, row.created_at) if settings_row_is_current(connection, study, row, marker) else None
+            row = current_settings_row(connection, study, marker)
+            return None if row is None else (row.settings, row.created_at)
 
         def bind(connection: sa.engine.Connection) -> Tuple[Union[str, StudySettings], float]:
             # Stored settings are returned as text and parsed after the transaction: parsing

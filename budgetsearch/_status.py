@@ -14,14 +14,7 @@ from optuna.trial import TrialState
 from budgetsearch import _attrs
 from budgetsearch._jobs import COMPLETE, FAILED, PRUNED, RELEASED, RUNNING
 from budgetsearch._settings import StudySettings
-from budgetsearch._tables import (
-    SETTINGS_MARKER,
-    StudyDatabase,
-    claims_table,
-    database_for,
-    settings_row_is_current,
-    studies_table,
-)
+from budgetsearch._tables import StudyDatabase, claims_table, current_settings_row, database_for, settings_marker
 
 
 def load_settings(database: StudyDatabase, study: optuna.Study) -> Optional[StudySettings]:
@@ -29,11 +22,11 @@ def load_settings(database: StudyDatabase, study: optuna.Study) -> Optional[Stud
 
     Settings stored under the study's id by a deleted study whose id was reused count as none.
     """
-    marker = study._storage.get_study_system_attrs(study._study_id).get(SETTINGS_MARKER)
+    marker = settings_marker(study)
 
     def read(connection: sa.engine.Connection) -> Optional[str]:
-        row = connection.execute(sa.select(studies_table).where(studies_table.c.study_id == study._study_id)).first()
-        return row.settings if settings_row_is_current(connection, study, row, marker) else None
+        row = current_settings_row(connection, study, marker)
+        return None if row is None else row.settings
 
     text = database.run(read)
     return None if text is None else StudySettings.from_json(text)

@@ -105,6 +105,17 @@ T = TypeVar("T")
 SETTINGS_MARKER = "budgetsearch:settings_created_at"
 
 
+def settings_marker(study: Any) -> Optional[float]:
+    """Return the study's SETTINGS_MARKER attribute, or None if it has none."""
+    return study._storage.get_study_system_attrs(study._study_id).get(SETTINGS_MARKER)
+
+
+def current_settings_row(connection: Connection, study: Any, marker: Optional[float]) -> Any:
+    """Return the study's budgetsearch_studies row, or None if it has none or the row is a deleted study's."""
+    row = connection.execute(sa.select(studies_table).where(studies_table.c.study_id == study._study_id)).first()
+    return row if settings_row_is_current(connection, study, row, marker) else None
+
+
 def settings_row_is_current(connection: Connection, study: Any, row: Any, marker: Optional[float]) -> bool:
     """Return whether ``row`` of budgetsearch_studies belongs to ``study``, not to a deleted study with its id.
 

@@ -238,7 +238,7 @@ def test_rank_summary_over_all_and_better_half():
 def test_rank_better_half_keeps_ties():
     from budgetsearch._rank import summarize
 
-    # The third and fourth best tie, so the better half of six holds four configurations,
+    # The third and fourth best tie, so the better half of six contains four configurations,
     # whichever order the tied two come in.
     rows = [(0.1, 0.1, 0.1), (0.2, 0.2, 0.2), (0.5, 0.3, 0.4), (0.5, 0.4, 0.3), (0.7, 0.5, 0.5), (0.9, 0.6, 0.6)]
     tables = []
